@@ -1,0 +1,50 @@
+# The two commands a fresh machine needs (see README.md):
+#   make demo   set up .venv if needed, then run the main job (writes to outputs/)
+#   make test   set up .venv if needed, then run every check CI runs
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.detr_edu-installed
+export MPLBACKEND := Agg
+
+.PHONY: demo test setup sync-check nbtest pytest readme export clean-nbs
+
+setup: $(STAMP)
+
+# (re)install when the venv is missing or pyproject.toml changed since the last install
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python scripts/lesson_figures.py --out outputs/figures
+
+test: $(STAMP) sync-check nbtest pytest
+	@echo "all checks passed"
+
+# nbdev-clean and nbdev-export must leave the tree unchanged, and README.md must match nbs/index.ipynb
+sync-check: $(STAMP)
+	@before=$$(git status --porcelain -- nbs detr_edu; git diff -- nbs detr_edu | sha1sum); \
+	$(BIN)/nbdev-clean >/dev/null && $(BIN)/nbdev-export >/dev/null || exit 1; \
+	after=$$(git status --porcelain -- nbs detr_edu; git diff -- nbs detr_edu | sha1sum); \
+	if [ "$$before" != "$$after" ]; then \
+	  echo "nbdev-clean / nbdev-export changed files: notebooks are not clean or detr_edu/ is out of sync:"; \
+	  git status --short -- nbs detr_edu; exit 1; fi; \
+	echo "notebooks clean, library in sync with nbs/"
+	@$(BIN)/python scripts/make_readme.py --check && echo "README.md in sync with nbs/index.ipynb"
+
+nbtest: $(STAMP)
+	$(BIN)/nbdev-test --n_workers 2 --timing
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest tests -n 2 -q
+
+# developer conveniences
+export: $(STAMP)
+	$(BIN)/nbdev-export
+clean-nbs: $(STAMP)
+	$(BIN)/nbdev-clean
+readme: $(STAMP)
+	$(BIN)/python scripts/make_readme.py
