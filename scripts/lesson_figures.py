@@ -2,35 +2,29 @@
 
 Usage: python scripts/lesson_figures.py [--out outputs/figures] [--nbs nbs] [lesson names...]
 
-Each notebook runs top to bottom in a fresh IPython shell (the same executor nbdev-test uses),
-from inside `nbs/` so relative paths resolve as they do under nbdev-test. Cells flagged
-`#| slow`, `#| cuda` or `#| notest` are skipped, as nbdev-test skips them by default.
+Each notebook runs top to bottom in a fresh IPython shell with the same executor and the same
+cell selection as nbdev-test (cells flagged with one of `tst_flags`, e.g. `#| slow` or `#| cuda`,
+are skipped), from inside `nbs/` so relative paths resolve as they do under nbdev-test.
 """
-import argparse, base64, os, re, sys, time
+import argparse, base64, os, sys, time
 from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-SKIP_FLAGS = {"slow", "cuda", "notest"}
-_flag_re = re.compile(r"^\s*#\s*\|\s*(\w+)\s*$", re.MULTILINE)
-
-
-def _skipped(cell) -> bool:
-    "True for code cells carrying one of the flags nbdev-test skips by default."
-    return cell.cell_type == "code" and bool(SKIP_FLAGS & set(_flag_re.findall(cell.source)))
-
-
 def render_notebook(path: Path, out_dir: Path) -> list[Path]:
-    "Execute the notebook at `path`; write each `image/png` output to `out_dir`; return the files."
-    from execnb.nbio import read_nb
+    "Execute the cells of `path` that nbdev-test runs; write each `image/png` output to `out_dir`."
     from execnb.shell import CaptureShell
+    from nbdev.config import get_config
+    from nbdev.process import NBProcessor
+    from nbdev.test import nb_test_cells
 
-    nb = read_nb(path)
-    nb.cells = [c for c in nb.cells if not _skipped(c)]
+    skip_flags = get_config().tst_flags.split()
+    nb = NBProcessor(path, rm_directives=False, process=True).nb
+    run = {cell.idx_ for cell in nb_test_cells(path, skip_flags)}
     cwd = os.getcwd()
     os.chdir(path.parent)
     try:
-        CaptureShell().run_all(nb, exc_stop=True)
+        CaptureShell(path).run_all(nb, exc_stop=True, preproc=lambda cell: cell.idx_ not in run)
     finally:
         os.chdir(cwd)
     written = []
