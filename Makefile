@@ -15,7 +15,7 @@ setup: $(STAMP)
 # (re)install when the venv is missing or pyproject.toml changed since the last install
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install --progress-bar off -q -e ".[dev]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
