@@ -36,7 +36,7 @@ sync-check: $(STAMP)
 	@$(BIN)/python scripts/make_readme.py --check && echo "README.md in sync with nbs/index.ipynb"
 
 nbtest: $(STAMP)
-	$(BIN)/nbdev-test --n_workers 2 --timing
+	$(BIN)/nbdev-test --n-workers 2 --timing
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest tests -n 2 -q
