@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.detr_edu-installed
 export MPLBACKEND := Agg
 
-.PHONY: demo test setup sync-check nbtest pytest readme export clean-nbs
+.PHONY: demo test setup browser sync-check nbtest pytest readme export clean-nbs docs
 
 setup: $(STAMP)
 
@@ -21,8 +21,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python scripts/lesson_figures.py --out outputs/figures
 
-test: $(STAMP) sync-check nbtest pytest
+test: $(STAMP) browser sync-check nbtest pytest
 	@echo "all checks passed"
+
+# The website tests open every page in headless Chromium: Debian's chromium + chromium-driver.
+# Installed here when missing and we may (root with apt-get); otherwise those tests skip (fail under CI=true).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium + chromium-driver for the website tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null; \
+	  else echo "chromium/chromedriver not found: the browser tests will skip"; fi; fi
 
 # nbdev-clean and nbdev-export must leave the tree unchanged, and README.md must match nbs/index.ipynb
 sync-check: $(STAMP)
@@ -48,3 +57,5 @@ clean-nbs: $(STAMP)
 	$(BIN)/nbdev-clean
 readme: $(STAMP)
 	$(BIN)/python scripts/make_readme.py
+docs: $(STAMP)
+	$(BIN)/python docs/build_docs.py
