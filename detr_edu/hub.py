@@ -16,7 +16,8 @@ from .detr import DETR, build_detr
 # %% auto #0
 __all__ = ['OFFICIAL_DETR', 'read_checkpoint', 'infer_detr_config', 'detr_from_official', 'official_checkpoint_path',
            'load_official', 'transformers_key_to_official', 'convert_transformers_to_official',
-           'convert_official_to_transformers']
+           'convert_official_to_transformers', 'deformable_detr_from_official', 'infer_deformable_detr_config',
+           'rtdetr_from_official', 'infer_rtdetr_config', 'yolos_from_official', 'yolos_from_transformers']
 
 # %% ../nbs/14_hub.ipynb #f7b8016d
 def read_checkpoint(checkpoint) -> tuple[dict[str, Tensor], argparse.Namespace | None, str | None]:
@@ -210,3 +211,10 @@ def convert_official_to_transformers(state_dict: dict[str, Tensor], transformers
             out[key] = state_dict[base].chunk(3)["qkv".index(part)]
         else: out[key] = state_dict[name]
     return out
+
+# %% ../nbs/14_hub.ipynb #177635c3
+from .deformable_detr import deformable_detr_from_official, infer_deformable_detr_config
+from .rtdetr import rtdetr_from_official, infer_rtdetr_config
+from .yolos import yolos_from_official, yolos_from_transformers
+_all_ = ['deformable_detr_from_official', 'infer_deformable_detr_config', 'rtdetr_from_official', 'infer_rtdetr_config',
+         'yolos_from_official', 'yolos_from_transformers']
