@@ -281,7 +281,10 @@ def stage(nbs_dir: Path, src: Path) -> dict:
         _write_if_changed(src / "api" / f"{m}.rst",
                           f"{title}\n{'=' * len(title)}\n\nTaught in lesson {taught}; each entry links to the "
                           f"cell of the lesson that exports it, and ``[source]`` to its code.\n\n"
-                          f".. automodule:: {PKG}.{m}\n")
+                          f".. automodule:: {PKG}.{m}\n"
+                          # document what a module defines, not what it re-exports (detr_edu.hub re-exports
+                          # the other lessons' converters; each has its entry on its own lesson's page)
+                          f"   :ignore-module-all:\n")
     _write_if_changed(src / "_exports.json", json.dumps({q: r for q, r in exports.items() if q != "__modules__"}, indent=1))
     return {"notebooks": [p.name for p in nbs], "pages": pages, "api": api}
 

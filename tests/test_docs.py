@@ -51,7 +51,10 @@ def _once(tmp_path_factory, name, make):
     """Run `make(dir)` once per test session, even under pytest-xdist (workers share the parent of
     their base temp dir; a file lock makes the second worker wait for and reuse the first's result)."""
     from filelock import FileLock
-    shared = tmp_path_factory.getbasetemp().parent
+    base = tmp_path_factory.getbasetemp()
+    # xdist workers' base temps (.../pytest-N/popen-gwK) share this session's pytest-N; without xdist the base
+    # temp is pytest-N itself (its parent is shared by every session, and would serve a stale build)
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     with FileLock(str(shared / f"{name}.lock")):
         done = shared / f"{name}.json"
         if not done.exists():
