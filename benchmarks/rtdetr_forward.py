@@ -6,10 +6,24 @@ and inputs, side by side in one run (timings interleaved, median of several runs
     .venv/bin/python benchmarks/rtdetr_forward.py --quick      # 2 runs, 1 warm-up
     .venv/bin/python benchmarks/rtdetr_forward.py --size 320 --runs 9 --threads 2
 
-Target: ours / transformers <= 1.05. Wall time and process CPU time (all threads) are both reported; on a shared
-machine the CPU time is the steadier one. Nothing is downloaded: both models are random (BN statistics and weights
+Target: ours / transformers <= 1.05. Wall time and process CPU time (all threads) are both reported (medians), plus
+the ratio of the fastest CPU times (background load only ever adds time, so the minimum is the least disturbed
+estimate); on a shared machine the CPU-time columns are the steadier ones. Nothing is downloaded: both models are random (BN statistics and weights
 perturbed so every branch matters), ours is built from the official key layout and transformers gets the same
 tensors through the official -> transformers key map of tests/test_rtdetr.py; outputs are checked to agree first.
+
+Measured 2026-12-01, 23:01-23:23 UTC, on the 2-core course CPU shared with several other jobs (load average 5-9),
+2 threads, 640x640, max |diff| vs transformers 1.4e-5. Process-CPU ratios to transformers (median of the runs):
+
+    run (runs)   transformers cpu s   detr_edu   deploy()   deploy() + eval_idx=0
+    1 (3)        4.24                 0.92       0.77       0.75
+    2 (5)        2.90                 1.05       1.07       0.81
+    3 (7)        2.85                 1.88       1.64       1.00
+    4 (5)        3.27                 0.73       0.82       0.76    (ratio of fastest runs: 0.89, 1.17, 1.18)
+
+Run-to-run noise under that load (up to 2x) is far above the 5 % target: the table says "about as fast as
+transformers" and no more. A min-of-3 profile of the parts gave backbone 1.48 + encoder 0.94 + decoder 0.43 = 2.85 s
+CPU for detr_edu against 3.36 s for transformers. Rerun with --runs 9 on an idle machine before quoting ratios.
 """
 import argparse
 import copy
@@ -80,10 +94,11 @@ def main():
     base_c = statistics.median(c for _, c in times["transformers"])
     print(f"\nRT-DETR-R18 (3 decoder layers), 1x3x{a.size}x{a.size}, {torch.get_num_threads()} threads, "
           f"median of {a.runs} runs")
-    print(f"{'model':32s} {'wall s':>8s} {'cpu s':>8s} {'wall ratio':>11s} {'cpu ratio':>10s}")
+    min_w, min_c = min(w for w, _ in times["transformers"]), min(c for _, c in times["transformers"])
+    print(f"{'model':32s} {'wall s':>8s} {'cpu s':>8s} {'wall ratio':>11s} {'cpu ratio':>10s} {'min-cpu ratio':>14s}")
     for k, ts in times.items():
         w, c = statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)
-        print(f"{k:32s} {w:8.3f} {c:8.3f} {w / base_w:11.3f} {c / base_c:10.3f}")
+        print(f"{k:32s} {w:8.3f} {c:8.3f} {w / base_w:11.3f} {c / base_c:10.3f} {min(t[1] for t in ts) / min_c:14.3f}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Docs: https://detr-edu.github.io/detr_edu/rtdetr.html.md"""
 
 # %% ../nbs/12_rtdetr.ipynb #88daa3d0
 from __future__ import annotations
-import math, os
+import math, os, re
 from collections import OrderedDict
 import torch
 import torch.nn.functional as F
@@ -242,7 +242,11 @@ class HybridEncoder(nn.Module):
     `num_encoder_layers` post-norm layers (`enc_act`, `nhead`, `dim_feedforward`) with the fixed 2-D sin-cos position,
     run on the levels in `use_encoder_idx` (the last one in all official models); CCFM = `lateral_convs` +
     `fpn_blocks` (top-down) and `downsample_convs` + `pan_blocks` (bottom-up), with `round(3 * depth_mult)`
-    RepVgg blocks of width `hidden_dim * expansion` per `CSPRepLayer`. Official parameter names."""
+    RepVgg blocks of width `hidden_dim * expansion` per `CSPRepLayer`. Official parameter names.
+
+    With `return_attention=True` -> `(maps, attentions)`, one dict per AIFI layer: `'self_attn'` `(B, nhead, S, S)`
+    (rows sum to 1) over the `S = h * w` tokens of level `'level'` in row-major order (token `k` = cell
+    `(k // w, k % w)`), and `'spatial_shape'` `(h, w)`."""
     def __init__(self, in_channels=(512, 1024, 2048), feat_strides=(8, 16, 32), hidden_dim: int = 256, nhead: int = 8,
                  dim_feedforward: int = 1024, dropout: float = 0.0, enc_act: str = "gelu", use_encoder_idx=(2,),
                  num_encoder_layers: int = 1, pe_temperature: float = 10000, expansion: float = 1.0,
@@ -281,14 +285,18 @@ class HybridEncoder(nn.Module):
                 raise ValueError(f"HybridEncoder: each level must be exactly twice the next one (pad the image to a "
                                  f"multiple of {self.feat_strides[-1]}), got sizes {[tuple(f.shape[2:]) for f in feats]}")
 
-    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+    def forward(self, feats: list[Tensor], return_attention: bool = False):
         self._check(feats)
-        proj = [p(f) for p, f in zip(self.input_proj, feats)]
+        proj, attentions = [p(f) for p, f in zip(self.input_proj, feats)], []
         for enc, idx in zip(self.encoder, self.use_encoder_idx):   # AIFI
             B, C, h, w = proj[idx].shape
             src = proj[idx].flatten(2).permute(2, 0, 1)             # (hw, B, C): lesson 04 is sequence-first
             pos = build_2d_sincos_position_embedding(w, h, C, self.pe_temperature).to(src).permute(1, 0, 2)
-            proj[idx] = enc(src, pos=pos).permute(1, 2, 0).reshape(B, C, h, w)
+            out = enc(src, pos=pos, return_attention=return_attention)
+            if return_attention:
+                out, weights = out
+                attentions += [{"self_attn": a, "level": idx, "spatial_shape": (h, w)} for a in weights]
+            proj[idx] = out.permute(1, 2, 0).reshape(B, C, h, w)
         n = len(proj)
         inner = [proj[-1]]                                          # top-down (FPN)
         for k, idx in enumerate(range(n - 1, 0, -1)):
@@ -300,7 +308,7 @@ class HybridEncoder(nn.Module):
         for k in range(n - 1):
             down = self.downsample_convs[k](outs[-1])
             outs.append(self.pan_blocks[k](torch.cat([down, inner[k + 1]], dim=1)))
-        return outs
+        return (outs, attentions) if return_attention else outs
 
     def convert_to_deploy(self):
         "Fuse every `RepVggBlock` (eval mode)."
@@ -452,7 +460,8 @@ class RTDETRDecoderLayer(nn.Module):
     """forward(tgt `(B, Q, C)`, reference_points `(B, Q, 4)` normalised cxcywh, memory `(B, S, C)`, spatial_shapes
     `(L, 2)` long, level_start_index `(L,)` long, attn_mask `(Q, Q)` bool (True = may not attend) or None,
     query_pos_embed `(B, Q, C)` or None, return_attention=False) -> `(B, Q, C)`, or with `return_attention`
-    `(out, sampling_locations (B, Q, M, L, P, 2), attention_weights (B, Q, M, L, P))`.
+    `(out, {'self_attn' (B, M, Q, Q), 'sampling_locations' (B, Q, M, L, P, 2) normalised (x, y),
+    'attention_weights' (B, Q, M, L, P)})` (lesson 11's decoder-layer dict; M heads, L levels, P points).
     Official names: `self_attn`, `norm1`, `cross_attn`, `norm2`, `linear1`, `linear2`, `norm3`."""
     def __init__(self, d_model: int = 256, n_head: int = 8, dim_feedforward: int = 1024, dropout: float = 0.0,
                  activation: str = "relu", n_levels: int = 4, n_points: int = 4):
@@ -469,14 +478,17 @@ class RTDETRDecoderLayer(nn.Module):
                 level_start_index: Tensor, attn_mask: Tensor | None = None, query_pos_embed: Tensor | None = None,
                 return_attention: bool = False):
         q = k = with_pos_embed(tgt, query_pos_embed)
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, attn_mask=attn_mask)[0]))
+        tgt2, self_w = self.self_attn(q, k, tgt, attn_mask=attn_mask, need_weights=return_attention)
+        tgt = self.norm1(tgt + self.dropout1(tgt2))
         ref = reference_points[:, :, None].expand(-1, -1, spatial_shapes.shape[0], -1)  # same box on every level
         out = self.cross_attn(with_pos_embed(tgt, query_pos_embed), ref, memory, spatial_shapes, level_start_index,
                               return_attention=return_attention)
         tgt = self.norm2(tgt + self.dropout2(out[0] if return_attention else out))
         ffn = self.linear2(self.dropout3(self.activation(self.linear1(tgt))))
         tgt = self.norm3((tgt + self.dropout4(ffn)).clamp(min=-65504, max=65504))   # clamp: fp16-safe, as official
-        return (tgt, *out[1:]) if return_attention else tgt
+        if return_attention:
+            return tgt, {"self_attn": self_w, "sampling_locations": out[1], "attention_weights": out[2]}
+        return tgt
 
 class RTDETRDecoder(nn.Module):
     """`num_layers` copies of `decoder_layer` in `layers`, with iterative box refinement.
@@ -485,7 +497,10 @@ class RTDETRDecoder(nn.Module):
     level_start_index, bbox_head / score_head (one module per layer), query_pos_head, attn_mask=None,
     return_intermediate=False) -> `(boxes (n, B, Q, 4) normalised cxcywh, logits (n, B, Q, num_classes))`:
     every layer in training (n = num_layers), only layer `eval_idx` in eval (n = 1); in eval with
-    `return_intermediate=True`, every layer up to `eval_idx`."""
+    `return_intermediate=True`, every layer up to `eval_idx`. With `return_attention=True` two more items:
+    a list with the attention dict of every layer run (`RTDETRDecoderLayer`'s, plus `'reference_boxes'` `(B, Q, 4)`,
+    the normalised cxcywh box the layer sampled around), and `ref_boxes` `(r + 1, B, Q, 4)`: the initial boxes and
+    the refined box after each of the `r` layers run."""
     def __init__(self, hidden_dim: int, decoder_layer: nn.Module, num_layers: int, eval_idx: int = -1):
         super().__init__()
         self.layers = _get_clones(decoder_layer, num_layers)
@@ -503,13 +518,18 @@ class RTDETRDecoder(nn.Module):
         self._eval_idx = value % self.num_layers
 
     def forward(self, tgt, ref_points_unact, memory, spatial_shapes, level_start_index, bbox_head, score_head,
-                query_pos_head, attn_mask=None, return_intermediate: bool = False):
-        output, boxes, logits = tgt, [], []
+                query_pos_head, attn_mask=None, return_intermediate: bool = False, return_attention: bool = False):
+        output, boxes, logits, attentions = tgt, [], [], []
         ref_detach = ref_points_unact.sigmoid()
+        refs = [ref_detach]
         for i, layer in enumerate(self.layers):
             output = layer(output, ref_detach, memory, spatial_shapes, level_start_index, attn_mask,
-                           query_pos_head(ref_detach))
+                           query_pos_head(ref_detach), return_attention=return_attention)
+            if return_attention:
+                output, att = output
+                attentions.append({**att, "reference_boxes": ref_detach})
             inter_ref = (bbox_head[i](output) + inverse_sigmoid(ref_detach)).sigmoid()
+            refs.append(inter_ref)
             if self.training:
                 logits.append(score_head[i](output))
                 # look forward twice: layer i's box output is built on layer i-1's undetached box
@@ -519,6 +539,7 @@ class RTDETRDecoder(nn.Module):
                 if i == self.eval_idx: break
             ref = inter_ref
             ref_detach = inter_ref.detach() if self.training else inter_ref
+        if return_attention: return torch.stack(boxes), torch.stack(logits), attentions, torch.stack(refs)
         return torch.stack(boxes), torch.stack(logits)
 
 # %% ../nbs/12_rtdetr.ipynb #4a141351
@@ -537,6 +558,20 @@ class RTDETRTransformer(nn.Module):
       entry), and with denoising `dn_aux_outputs` (every layer's outputs for the `N_dn` denoising queries) and `dn_meta`;
     * eval with `return_intermediate`: `enc_topk_logits`, `enc_topk_bboxes` `(B, Q, 4)` (the selected anchors after
       `enc_bbox_head`), `intermediate_boxes` `(n, B, Q, 4)` for layers 0..eval_idx.
+    * with `return_attention=True` (no hooks needed; `RTDETR` adds the encoder's entry):
+      - `attentions`: `{'decoder': one dict per decoder layer run, with 'self_attn' (B, M, Q, Q), 'sampling_locations'
+        (B, Q, M, L, P, 2) normalised (x, y), 'attention_weights' (B, Q, M, L, P) and 'reference_boxes' (B, Q, 4) (the
+        normalised cxcywh box the layer sampled around: location = ref_xy + offset / P * ref_wh / 2),
+        'spatial_shapes' (L, 2), 'level_start_index' (L,)}` - the layout of lesson 11's `attentions`;
+      - `ref_boxes_per_layer` `(r + 1, B, Q, 4)` normalised cxcywh: the selected initial boxes, then the box after each
+        of the `r` decoder layers run (all of them in training, up to `eval_idx` in eval);
+      - `query_selection`: `{'anchors' (1, S, 4) normalised cxcywh (1.0 where invalid), 'valid_mask' (1, S, 1) bool,
+        'topk_ind' (B, Q) int64 indices into the S memory tokens, best first, 'enc_scores' (B, Q) max sigmoid class
+        score of each selected token, 'enc_labels' (B, Q), 'enc_boxes' (B, Q, 4) normalised cxcywh (= the initial
+        reference boxes), 'topk_anchors' (B, Q, 4) the selected anchors before `enc_bbox_head`, 'spatial_shapes'
+        (L, 2), 'level_start_index' (L,)}`.
+      In training with denoising the query axis of `attentions['decoder']` and `ref_boxes_per_layer` is `N_dn + Q`
+      (denoising queries first, sizes in `dn_meta['dn_num_split']`).
 
     Levels beyond `len(feat_channels)` (`num_levels` larger) are made by stride-2 3x3 convs, as in the official code."""
     def __init__(self, num_classes: int = 80, hidden_dim: int = 256, num_queries: int = 300,
@@ -605,15 +640,17 @@ class RTDETRTransformer(nn.Module):
         starts = torch.cat([shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]])
         return torch.cat([p.flatten(2).transpose(1, 2) for p in proj], 1), shapes, starts
 
-    def _get_decoder_input(self, memory, spatial_shapes, denoising_class=None, denoising_bbox_unact=None):
-        "Anchors -> scores -> top-k: `(target (B, Q', C), ref_unact (B, Q', 4) detached, enc_topk_bboxes, enc_topk_logits)`."
+    def _get_decoder_input(self, memory, spatial_shapes, denoising_class=None, denoising_bbox_unact=None,
+                           return_selection: bool = False):
+        """Anchors -> scores -> top-k: `(target (B, Q', C), ref_unact (B, Q', 4) detached, enc_topk_bboxes,
+        enc_topk_logits)`, plus the `query_selection` dict with `return_selection`."""
         anchors, valid_mask = generate_anchors(spatial_shapes, eps=self.eps, dtype=memory.dtype, device=memory.device)
         memory = valid_mask.to(memory.dtype) * memory
         output_memory = self.enc_output(memory)
         enc_class = self.enc_score_head(output_memory)
         enc_coord_unact = self.enc_bbox_head(output_memory) + anchors
-        _, (ref_unact, enc_topk_logits, target) = select_topk(enc_class, self.num_queries, enc_coord_unact, enc_class,
-                                                               output_memory)
+        topk_ind, (ref_unact, enc_topk_logits, target) = select_topk(enc_class, self.num_queries, enc_coord_unact,
+                                                                      enc_class, output_memory)
         enc_topk_bboxes = ref_unact.sigmoid()
         if self.learnt_init_query:
             target = self.tgt_embed.weight[None].expand(memory.shape[0], -1, -1)
@@ -622,20 +659,30 @@ class RTDETRTransformer(nn.Module):
         if denoising_bbox_unact is not None:
             ref_unact = torch.cat([denoising_bbox_unact, ref_unact], 1)
             target = torch.cat([denoising_class, target], 1)
-        return target, ref_unact.detach(), enc_topk_bboxes, enc_topk_logits
+        result = (target, ref_unact.detach(), enc_topk_bboxes, enc_topk_logits)
+        if not return_selection: return result
+        scores, labels = enc_topk_logits.detach().sigmoid().max(-1)
+        boxes = anchors.sigmoid()                                   # normalised; invalid anchors (+inf) read 1.0
+        selection = {"anchors": boxes, "valid_mask": valid_mask, "topk_ind": topk_ind, "enc_scores": scores,
+                     "enc_labels": labels, "enc_boxes": enc_topk_bboxes,
+                     "topk_anchors": boxes.expand(len(topk_ind), -1, -1).gather(1, topk_ind[..., None].expand(-1, -1, 4)),
+                     "spatial_shapes": spatial_shapes}
+        return result + (selection,)
 
-    def forward(self, feats: list[Tensor], targets: list[dict] | None = None, return_intermediate: bool = False) -> dict:
+    def forward(self, feats: list[Tensor], targets: list[dict] | None = None, return_intermediate: bool = False,
+                return_attention: bool = False) -> dict:
         memory, spatial_shapes, level_start_index = self._get_encoder_input(feats)
         dn_class = dn_bbox = attn_mask = dn_meta = None
         if self.training and self.num_denoising > 0 and targets is not None:
             dn_class, dn_bbox, attn_mask, dn_meta = get_contrastive_denoising_training_group(
                 targets, self.num_classes, self.num_queries, self.denoising_class_embed, self.num_denoising,
                 self.label_noise_ratio, self.box_noise_scale)
-        target, ref_unact, enc_topk_bboxes, enc_topk_logits = self._get_decoder_input(memory, spatial_shapes,
-                                                                                       dn_class, dn_bbox)
-        out_bboxes, out_logits = self.decoder(target, ref_unact, memory, spatial_shapes, level_start_index,
-                                              self.dec_bbox_head, self.dec_score_head, self.query_pos_head,
-                                              attn_mask=attn_mask, return_intermediate=return_intermediate)
+        target, ref_unact, enc_topk_bboxes, enc_topk_logits, *selection = self._get_decoder_input(
+            memory, spatial_shapes, dn_class, dn_bbox, return_selection=return_attention)
+        out_bboxes, out_logits, *inspect = self.decoder(target, ref_unact, memory, spatial_shapes, level_start_index,
+                                                        self.dec_bbox_head, self.dec_score_head, self.query_pos_head,
+                                                        attn_mask=attn_mask, return_intermediate=return_intermediate,
+                                                        return_attention=return_attention)
         if dn_meta is not None:
             dn_out_bboxes, out_bboxes = out_bboxes.split(dn_meta["dn_num_split"], dim=2)
             dn_out_logits, out_logits = out_logits.split(dn_meta["dn_num_split"], dim=2)
@@ -648,6 +695,11 @@ class RTDETRTransformer(nn.Module):
                 out["dn_meta"] = dn_meta
         if return_intermediate and not self.training:
             out.update(enc_topk_logits=enc_topk_logits, enc_topk_bboxes=enc_topk_bboxes, intermediate_boxes=out_bboxes)
+        if return_attention:
+            out["attentions"] = {"decoder": inspect[0], "spatial_shapes": spatial_shapes,
+                                 "level_start_index": level_start_index}
+            out["ref_boxes_per_layer"] = inspect[1]
+            out["query_selection"] = {**selection[0], "level_start_index": level_start_index}
         return out
 
 # %% ../nbs/12_rtdetr.ipynb #75e00415
@@ -655,12 +707,18 @@ class RTDETR(nn.Module):
     """`decoder(encoder(backbone(x)), targets)`. forward(x `(B, 3, H, W)` images in [0, 1] **without** mean/std
     normalisation, H and W multiples of 32; a list of equal-size `(3, H, W)` images is stacked; targets (training)
     as in `RTDETRTransformer`) -> the decoder's dict. `multi_scale` (list of sizes): in training, resize the batch to a
-    random square size from it, as the official recipe. `deploy()` = eval + fuse all RepVgg blocks."""
+    random square size from it, as the official recipe. `deploy()` = eval + fuse all RepVgg blocks.
+
+    `return_attention=True` adds `attentions`, `ref_boxes_per_layer` and `query_selection` (see `RTDETRTransformer`);
+    `attentions['encoder']` is the `HybridEncoder`'s list: per AIFI layer `{'self_attn' (B, nhead, S, S), 'level',
+    'spatial_shape' (h, w)}` over the `S = h * w` stride-32 tokens, row-major. Default outputs are unchanged; with
+    `return_attention` they agree to float rounding (an explicit softmax replaces the fused attention kernel)."""
     def __init__(self, backbone: nn.Module, encoder: nn.Module, decoder: nn.Module, multi_scale: list[int] | None = None):
         super().__init__()
         self.backbone, self.encoder, self.decoder, self.multi_scale = backbone, encoder, decoder, multi_scale
 
-    def forward(self, x, targets: list[dict] | None = None, return_intermediate: bool = False) -> dict:
+    def forward(self, x, targets: list[dict] | None = None, return_intermediate: bool = False,
+                return_attention: bool = False) -> dict:
         if isinstance(x, (list, tuple)):
             if len({tuple(im.shape) for im in x}) != 1:
                 raise ValueError(f"RTDETR: images in a list must have one size (resize them), got {[tuple(i.shape) for i in x]}")
@@ -672,7 +730,11 @@ class RTDETR(nn.Module):
             x = F.interpolate(x, size=[size, size])
         if x.shape[2] % 32 or x.shape[3] % 32:
             raise ValueError(f"RTDETR: image height and width must be multiples of 32 (pad or resize), got {tuple(x.shape[2:])}")
-        return self.decoder(self.encoder(self.backbone(x)), targets, return_intermediate=return_intermediate)
+        feats = self.encoder(self.backbone(x), return_attention=return_attention)
+        if return_attention: feats, enc_attentions = feats
+        out = self.decoder(feats, targets, return_intermediate=return_intermediate, return_attention=return_attention)
+        if return_attention: out["attentions"] = {"encoder": enc_attentions, **out["attentions"]}
+        return out
 
     def deploy(self) -> "RTDETR":
         "Eval mode and re-parameterised RepVgg blocks (same outputs, faster)."
@@ -743,12 +805,14 @@ from .matcher import HungarianMatcher
 from .box_ops import box_iou
 
 def varifocal_loss(logits: Tensor, target_score: Tensor, num_boxes: float, alpha: float = 0.75,
-                   gamma: float = 2.0) -> Tensor:
+                   gamma: float = 2.0, positive: Tensor | None = None) -> Tensor:
     """Varifocal loss, summed / `num_boxes`. `logits` `(B, Q, C)`; `target_score` `(B, Q, C)` in [0, 1]: the IoU at the
-    matched class of a matched query, 0 elsewhere. Weight `alpha * sigmoid(logits)**gamma` (detached) where the target
-    is 0, `target_score` where it is positive."""
+    matched class of a matched query, 0 elsewhere. Weight `alpha * sigmoid(logits)**gamma` (detached) on negatives,
+    `target_score` on positives. `positive` `(B, Q, C)` 0/1 marks the matched (query, class) pairs; by default
+    `target_score > 0`. (They differ only for a matched pair with IoU exactly 0 - disjoint boxes, common early in
+    training: the official loss, which passes the one-hot of the matched class, gives that pair weight 0.)"""
     p = logits.sigmoid().detach()
-    positive = (target_score > 0).to(logits.dtype)
+    positive = (target_score > 0 if positive is None else positive).to(logits.dtype)
     weight = alpha * p.pow(gamma) * (1 - positive) + target_score
     return F.binary_cross_entropy_with_logits(logits, target_score, weight=weight, reduction="none").sum() / num_boxes
 
@@ -768,11 +832,16 @@ def get_cdn_matched_indices(dn_meta: dict, targets: list[dict]) -> list[tuple[Te
 
 class RTDETRCriterion(SetCriterion):
     """Lesson 07's `SetCriterion` with RT-DETR's losses. forward(outputs of `RTDETRTransformer` in training, targets)
-    -> UNWEIGHTED dict: `loss_vfl`, `loss_bbox`, `loss_giou` (for `losses=('vfl', 'boxes')`), the same with suffix
-    `_i` for `aux_outputs[i]` (earlier decoder layers, then the encoder top-k) and `_dn_i` for `dn_aux_outputs[i]`
-    (matched through `dn_meta`, normalised by `num_boxes * dn_num_group`). `'labels'` (focal) and `'cardinality'`
-    are available too. Logits are sigmoid `(B, Q, num_classes)`."""
-    available_losses = ("labels", "cardinality", "boxes", "vfl")
+    -> UNWEIGHTED dict: `loss_vfl`, `loss_bbox`, `loss_giou` (for `losses=['vfl', 'boxes']`, the official choice),
+    the same with suffix `_aux_i` for `aux_outputs[i]` (earlier decoder layers, then the encoder top-k last) and
+    `_dn_i` for `dn_aux_outputs[i]` (matched through `dn_meta`, normalised by `num_boxes * dn_num_group`) - the
+    official key names. Also available: `'focal'` (`loss_focal`, as official), `'labels'` (lesson 07's focal
+    `loss_ce` + `class_error`), `'cardinality'`. Logits are sigmoid `(B, Q, num_classes)`.
+
+    Differences from the official `SetCriterion` (rtdetr_pytorch): the dict is unweighted (the official one multiplies
+    by `weight_dict` inside and drops keys without a weight) - sum `weight_dict[k] * v` yourself, as lesson 07; and
+    `weight_dict` lists every suffixed key (`rtdetr_weight_dict`) instead of the three base names."""
+    available_losses = ("labels", "focal", "cardinality", "boxes", "vfl")
 
     def __init__(self, num_classes: int, matcher: nn.Module, weight_dict, losses=("vfl", "boxes"),
                  vfl_alpha: float = 0.75, vfl_gamma: float = 2.0, focal_alpha: float = 0.25, focal_gamma: float = 2.0):
@@ -788,12 +857,18 @@ class RTDETRCriterion(SetCriterion):
         tgt = torch.cat([t["boxes"][J] for t, (_, J) in zip(targets, indices)]).to(src)
         labels = torch.cat([t["labels"][J] for t, (_, J) in zip(targets, indices)]).to(logits.device)
         ious = box_iou(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt))[0].diagonal().detach()
-        score = torch.zeros_like(logits)
+        score, positive = torch.zeros_like(logits), torch.zeros_like(logits)
         score[idx[0], idx[1], labels] = ious.to(logits.dtype)
-        return {"loss_vfl": varifocal_loss(logits, score, num_boxes, self.vfl_alpha, self.vfl_gamma)}
+        positive[idx[0], idx[1], labels] = 1.0
+        return {"loss_vfl": varifocal_loss(logits, score, num_boxes, self.vfl_alpha, self.vfl_gamma, positive)}
+
+    def loss_focal(self, outputs, targets, indices, num_boxes: float, log: bool = True) -> dict[str, Tensor]:
+        "`loss_focal`: lesson 07's sigmoid focal loss (`loss_labels` with `focal=True`) under the official name."
+        return {"loss_focal": self.loss_labels(outputs, targets, indices, num_boxes, log=False)["loss_ce"]}
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         losses = super().forward({k: v for k, v in outputs.items() if k not in ("dn_aux_outputs", "dn_meta")}, targets)
+        losses = {re.sub(r"_(\d+)$", r"_aux_\1", k): v for k, v in losses.items()}   # lesson 07's `_i` -> `_aux_i`
         if outputs.get("dn_aux_outputs"):
             meta = outputs["dn_meta"]
             indices = get_cdn_matched_indices(meta, targets)
@@ -807,10 +882,10 @@ class RTDETRCriterion(SetCriterion):
 
 def rtdetr_weight_dict(num_decoder_layers: int = 6, vfl: float = 1.0, bbox: float = 5.0, giou: float = 2.0,
                        denoising: bool = True) -> dict[str, float]:
-    "Official weights (1, 5, 2) for the final outputs, `_0.._{n-1}` (n-1 earlier layers + encoder) and `_dn_0.._dn_{n-1}`."
+    "Official weights (1, 5, 2) for the final outputs, `_aux_0.._aux_{n-1}` (n-1 earlier layers + encoder), `_dn_0.._dn_{n-1}`."
     base = {"loss_vfl": vfl, "loss_bbox": bbox, "loss_giou": giou}
     out = dict(base)
-    suffixes = [f"_{i}" for i in range(num_decoder_layers)] + ([f"_dn_{i}" for i in range(num_decoder_layers)] if denoising else [])
+    suffixes = [f"_aux_{i}" for i in range(num_decoder_layers)] + ([f"_dn_{i}" for i in range(num_decoder_layers)] if denoising else [])
     for s in suffixes: out.update({k + s: v for k, v in base.items()})
     return out
 

@@ -324,3 +324,127 @@ def test_criterion_on_training_outputs():
     losses = crit(m(torch.rand(2, 3, 64, 64), targets), targets)
     assert set(losses) == set(crit.weight_dict) and all(torch.isfinite(v) for v in losses.values())
     sum(crit.weight_dict[k] * v for k, v in losses.items()).backward()
+
+
+# ---------------------------------------------------------------- inspectability (return_attention) and loss naming
+def test_attention_matches_transformers(pair):
+    "AIFI, decoder self- and cross-attention weights, selected boxes and per-layer boxes equal transformers' outputs."
+    ours, _ = pair
+    cfg = hf_config()
+    cfg._attn_implementation = "eager"                      # transformers returns attention weights only when eager
+    hf = RTDetrForObjectDetection(cfg).eval()
+    hf.load_state_dict(official_to_hf(ours.state_dict(), set(hf.state_dict())), strict=False)
+    torch.manual_seed(2)
+    x = torch.rand(2, 3, 64, 64)                            # square: the AIFI position tables agree
+    with torch.no_grad():
+        a, b = ours(x, return_attention=True), hf(pixel_values=x, output_attentions=True)
+    att = a["attentions"]
+    close = lambda u, v: torch.allclose(u, v, atol=1e-5)
+    assert close(att["encoder"][0]["self_attn"], b.encoder_attentions[0])
+    for i, d in enumerate(att["decoder"]):
+        assert close(d["self_attn"], b.decoder_attentions[i]) and close(d["attention_weights"], b.cross_attentions[i])
+    assert close(a["query_selection"]["enc_boxes"], b.enc_topk_bboxes)
+    assert close(a["ref_boxes_per_layer"][0], b.init_reference_points.sigmoid())
+    assert close(a["ref_boxes_per_layer"][1:].transpose(0, 1), b.intermediate_reference_points)
+
+
+def test_attention_recomputed_by_hand(pair):
+    """Sampling locations = ref_xy + offsets / K * ref_wh / 2 from each layer's own `sampling_offsets` and reference
+    box; topk_ind indexes the best encoder scores; default outputs unchanged."""
+    from detr_edu.deformable_detr import inverse_sigmoid
+    ours, _ = pair
+    torch.manual_seed(3)
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        plain, out = ours(x), ours(x, return_attention=True)
+        assert set(plain) == {"pred_logits", "pred_boxes"}
+        assert set(out) == {"pred_logits", "pred_boxes", "attentions", "query_selection", "ref_boxes_per_layer"}
+        for k in plain: assert torch.allclose(plain[k], out[k], atol=1e-5), k
+        att, qs, dec = out["attentions"], out["query_selection"], ours.decoder
+        assert att["encoder"][0]["spatial_shape"] == (2, 3) and att["encoder"][0]["self_attn"].shape == (2, 4, 6, 6)
+        assert torch.equal(att["spatial_shapes"], torch.tensor([[8, 12], [4, 6], [2, 3]]))
+        memory, shapes, starts = dec._get_encoder_input(ours.encoder(ours.backbone(x)))
+        anchors, valid = generate_anchors(shapes)
+        assert torch.equal(qs["valid_mask"], valid) and qs["anchors"].shape == (1, 96 + 24 + 6, 4)
+        assert torch.allclose(qs["anchors"][valid[..., 0]], anchors[valid[..., 0]].sigmoid())
+        enc_mem = dec.enc_output(memory * valid)
+        scores = dec.enc_score_head(enc_mem).sigmoid().max(-1).values
+        assert torch.equal(qs["topk_ind"], scores.topk(20, dim=1).indices)
+        assert torch.allclose(qs["enc_scores"], scores.gather(1, qs["topk_ind"]))
+        assert (qs["enc_scores"][:, -1:] >= scores.sort(1, descending=True).values[:, 20:]).all()
+        gather = lambda t: t.expand(2, -1, -1).gather(1, qs["topk_ind"][..., None].expand(-1, -1, t.shape[-1]))
+        assert torch.allclose(qs["enc_boxes"], gather((dec.enc_bbox_head(enc_mem) + anchors).sigmoid()), atol=1e-6)
+        assert torch.allclose(qs["topk_anchors"], gather(anchors.sigmoid()))
+        tgt, ref = gather(enc_mem), qs["enc_boxes"]
+        for i, layer in enumerate(dec.decoder.layers):
+            d = att["decoder"][i]
+            assert torch.allclose(d["reference_boxes"], ref, atol=1e-5)
+            pos = dec.query_pos_head(ref)
+            q = layer.norm1(tgt + layer.self_attn(tgt + pos, tgt + pos, tgt)[0]) + pos
+            M, L, K = layer.cross_attn.n_heads, layer.cross_attn.n_levels, layer.cross_attn.n_points
+            off = layer.cross_attn.sampling_offsets(q).view(2, 20, M, L, K, 2)
+            loc = ref[:, :, None, None, None, :2] + off / K * ref[:, :, None, None, None, 2:] * 0.5
+            assert torch.allclose(d["sampling_locations"], loc, atol=1e-5)
+            w = layer.cross_attn.attention_weights(q).view(2, 20, M, L * K).softmax(-1).view(2, 20, M, L, K)
+            assert torch.allclose(d["attention_weights"], w, atol=1e-6)
+            tgt = layer(tgt, ref, memory, shapes, starts, query_pos_embed=pos)
+            ref = (dec.dec_bbox_head[i](tgt) + inverse_sigmoid(ref)).sigmoid()
+            assert torch.allclose(out["ref_boxes_per_layer"][i + 1], ref, atol=1e-5)
+        assert torch.allclose(out["pred_boxes"], ref, atol=1e-5)
+    # eval_idx = 0: one decoder layer run, two boxes per query
+    ours.decoder.decoder.eval_idx = 0
+    try:
+        with torch.no_grad(): early = ours(x, return_attention=True)
+    finally:
+        ours.decoder.decoder.eval_idx = -1
+    assert len(early["attentions"]["decoder"]) == 1 and early["ref_boxes_per_layer"].shape == (2, 2, 20, 4)
+
+
+def test_attention_in_training_includes_denoising_queries():
+    torch.manual_seed(0)
+    m = build_rtdetr(num_classes=NUM_CLASSES, **TINY).train()
+    targets = [{"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[.5, .5, .2, .4], [.3, .6, .1, .1]])},
+               {"labels": torch.tensor([2]), "boxes": torch.tensor([[.7, .2, .3, .2]])}]
+    out = m(torch.rand(2, 3, 64, 64), targets, return_attention=True)
+    n = sum(out["dn_meta"]["dn_num_split"])
+    assert len(out["attentions"]["decoder"]) == 2 and out["ref_boxes_per_layer"].shape == (3, 2, n, 4)
+    w = out["attentions"]["decoder"][0]["self_attn"]
+    assert w.shape == (2, 4, n, n)
+    mask = denoising_attn_mask(out["dn_meta"]["dn_num_split"][0], 4, 20)
+    assert (w[:, :, mask] == 0).all()                       # the denoising mask holds in the returned weights
+    sum(v.sum() for v in (out["pred_logits"], out["pred_boxes"])).backward()
+
+
+def test_criterion_official_loss_names_and_losses_arg():
+    from detr_edu.rtdetr import RTDETRCriterion, build_rtdetr_criterion
+    torch.manual_seed(0)
+    m = build_rtdetr(num_classes=NUM_CLASSES, **TINY).train()
+    targets = [{"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[.5, .5, .2, .4], [.3, .6, .1, .1]])}]
+    out = m(torch.rand(1, 3, 64, 64), targets)
+    crit = build_rtdetr_criterion(NUM_CLASSES, 2)
+    assert crit.losses == ["vfl", "boxes"]
+    names = {f"{k}{s}" for k in ("loss_vfl", "loss_bbox", "loss_giou") for s in ("", "_aux_0", "_aux_1", "_dn_0", "_dn_1")}
+    assert set(crit(out, targets)) == names == set(crit.weight_dict)
+    explicit = RTDETRCriterion(NUM_CLASSES, crit.matcher, crit.weight_dict, losses=["vfl", "boxes"])
+    assert set(explicit(out, targets)) == names
+    focal = RTDETRCriterion(NUM_CLASSES, crit.matcher, {}, losses=["focal", "boxes"])(out, targets)
+    assert {"loss_focal", "loss_focal_aux_1", "loss_focal_dn_0"} <= set(focal)
+    with pytest.raises(ValueError, match="`losses`"):
+        RTDETRCriterion(NUM_CLASSES, crit.matcher, {}, losses=["vfl", "masks"])
+
+
+def test_vfl_zero_iou_matched_pair_matches_transformers():
+    "A matched pair with disjoint boxes (IoU 0) is a positive with target 0: weight 0, as official and transformers."
+    from transformers.loss.loss_rt_detr import RTDetrLoss
+    from detr_edu.rtdetr import build_rtdetr_criterion
+    torch.manual_seed(0)
+    logits = torch.randn(1, 4, NUM_CLASSES)
+    boxes = torch.tensor([[[.1, .1, .05, .05], [.5, .5, .2, .2], [.8, .8, .1, .1], [.3, .3, .1, .1]]])
+    targets = [{"labels": torch.tensor([2, 0]), "boxes": torch.tensor([[.9, .9, .05, .05], [.5, .5, .2, .3]])}]
+    indices = [(torch.tensor([0, 1]), torch.tensor([0, 1]))]            # query 0 is disjoint from its target
+    ours = build_rtdetr_criterion(NUM_CLASSES, 2).loss_vfl({"pred_logits": logits, "pred_boxes": boxes}, targets,
+                                                          indices, num_boxes=2)["loss_vfl"]
+    ref = RTDetrLoss(hf_config()).loss_labels_vfl(
+        {"logits": logits, "pred_boxes": boxes}, [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets],
+        indices, num_boxes=2)["loss_vfl"]
+    assert torch.allclose(ours, ref, atol=1e-6), (ours, ref)
