@@ -21,17 +21,17 @@ from tqdm import tqdm
 from .data import IMAGENET_MEAN, IMAGENET_STD
 
 # %% auto #0
-__all__ = ['COCO_STAT_NAMES', 'MODELS', 'is_dist_avail_and_initialized', 'get_world_size', 'get_rank', 'is_main_process',
-           'init_distributed_mode', 'reduce_dict', 'all_gather_object', 'SmoothedValue', 'MetricLogger', 'unwrap_model',
-           'build_optimizer', 'build_lr_scheduler', 'get_rng_state', 'set_rng_state', 'atomic_save', 'to_plain',
-           'save_checkpoint', 'load_checkpoint', 'train_one_epoch', 'detections_to_coco', 'coco_evaluate', 'coco_stats',
-           'get_coco_api_from_dataset', 'evaluate', 'append_jsonl', 'read_jsonl', 'plot_history', 'find_generators',
-           'fit', 'atomic_write_text', 'default_transform', 'draw_detections', 'predict', 'register_model',
-           'TrainConfig', 'make_config', 'resolve_coco_split', 'num_classes_from_annotations',
-           'class_names_from_annotations', 'get_args_parser', 'build_transforms', 'build_dataset', 'build_loader',
-           'detr_weight_dict', 'use_trainable_batchnorm', 'SmallConvBackbone', 'build_detr_training',
-           'build_yolos_training', 'build_deformable_detr_training', 'build_model', 'train', 'evaluate_checkpoint',
-           'format_coco_stats', 'predict_images', 'main']
+__all__ = ['COCO_STAT_NAMES', 'MODELS', 'OTHER_COMMANDS', 'is_dist_avail_and_initialized', 'get_world_size', 'get_rank',
+           'is_main_process', 'init_distributed_mode', 'reduce_dict', 'all_gather_object', 'SmoothedValue',
+           'MetricLogger', 'unwrap_model', 'build_optimizer', 'build_lr_scheduler', 'get_rng_state', 'set_rng_state',
+           'atomic_save', 'to_plain', 'save_checkpoint', 'load_checkpoint', 'train_one_epoch', 'detections_to_coco',
+           'coco_evaluate', 'coco_stats', 'get_coco_api_from_dataset', 'evaluate', 'append_jsonl', 'read_jsonl',
+           'plot_history', 'find_generators', 'fit', 'atomic_write_text', 'default_transform', 'draw_detections',
+           'predict', 'register_model', 'TrainConfig', 'make_config', 'resolve_coco_split',
+           'num_classes_from_annotations', 'class_names_from_annotations', 'get_args_parser', 'build_transforms',
+           'build_dataset', 'build_loader', 'detr_weight_dict', 'use_trainable_batchnorm', 'SmallConvBackbone',
+           'build_detr_training', 'build_yolos_training', 'build_deformable_detr_training', 'build_model', 'train',
+           'evaluate_checkpoint', 'format_coco_stats', 'predict_images', 'main']
 
 # %% ../nbs/09_engine.ipynb #f18b4acf
 def is_dist_avail_and_initialized() -> bool:
@@ -638,7 +638,7 @@ def predict(model: nn.Module, image, postprocessor, transform: Callable | None =
     return det
 
 # %% ../nbs/09_engine.ipynb #39827bf3
-import argparse, sys
+import argparse, importlib, sys
 from dataclasses import dataclass, field, fields, replace
 
 # %% ../nbs/09_engine.ipynb #7bccce0b
@@ -774,10 +774,17 @@ def _add_config_arguments(parser: argparse.ArgumentParser, only: Sequence[str] |
             parser.add_argument(f'--{f.name}', type=typ, default=f.default, choices=choices, metavar=None if choices else f.name.upper(),
                                 help=f'{help} (default: {f.default})')
 
+OTHER_COMMANDS = {  # subcommand: (module whose `main(argv)` runs it, help)
+    'explore': ('detr_edu.explorer', 'serve the interactive explorer (lesson 18) as a web page with voila'),
+    'assign': ('detr_edu.assignments', 'write student and instructor notebooks from the lessons (lesson 17)'),
+    'grade': ('detr_edu.assignments', 'grade a submitted assignment notebook (lesson 17)'),
+}
+
 def get_args_parser() -> argparse.ArgumentParser:
-    "The `detr-edu` command line: subcommands `train`, `eval`, `predict`."
-    parser = argparse.ArgumentParser(prog='detr-edu', description='Train, evaluate and run DETR detectors (detr_edu).')
-    sub = parser.add_subparsers(dest='command', required=True, metavar='{train,eval,predict}')
+    """The `detr-edu` command line: subcommands `train`, `eval`, `predict` here; `explore`, `assign` and `grade` are
+    listed too and handed to their lessons' own parsers by `main`."""
+    parser = argparse.ArgumentParser(prog='detr-edu', description='Train, evaluate, run and look inside DETR detectors (detr_edu).')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='{' + ','.join(['train', 'eval', 'predict', *OTHER_COMMANDS]) + '}')
     p_train = sub.add_parser('train', help='train a DETR on a COCO-format folder (torchrun for several processes)',
                              description='Train DETR. Defaults are the official recipe; see `detr-edu train --help`.')
     _add_config_arguments(p_train)
@@ -792,6 +799,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p_pred.add_argument('--output', default='predictions', help='output image (one input) or folder (default: predictions/)')
     p_pred.add_argument('--threshold', type=float, default=0.7, help='keep detections scoring above this (default: 0.7)')
     p_pred.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', ...")
+    for name, (_, help) in OTHER_COMMANDS.items(): sub.add_parser(name, help=f'{help} (see `detr-edu {name} --help`)', add_help=False)
     return parser
 
 def _device(name: str) -> torch.device:
@@ -1026,6 +1034,10 @@ def predict_images(checkpoint: str | os.PathLike, images: Sequence[str | os.Path
 
 def main(argv: Sequence[str] | None = None) -> int:
     "Entry point of the `detr-edu` command (and `python -m detr_edu.engine`)."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in OTHER_COMMANDS:                      # explore / assign / grade: the lesson's own parser
+        run = importlib.import_module(OTHER_COMMANDS[argv[0]][0]).main
+        return run(argv[1:] if argv[0] == 'explore' else argv)
     parser = get_args_parser()
     args = parser.parse_args(argv)
     kw = {k: v for k, v in vars(args).items() if k != 'command'}
