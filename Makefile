@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python scripts/lesson_figures.py --out outputs/figures
+	$(BIN)/python scripts/train_shapes_demo.py --out outputs
 
 test: $(STAMP) browser sync-check nbtest pytest
 	@echo "all checks passed"
