@@ -15,35 +15,13 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .box_ops import box_cxcywh_to_xyxy
-from .data import IMAGENET_MEAN, IMAGENET_STD
+from .visualize import class_color, draw_boxes, pixel_boxes, to_display
 
 # %% auto #0
-__all__ = ['SHAPES_DEMO_CONFIG', 'denormalize', 'plot_predictions', 'plot_cross_attention', 'plot_matching', 'ensure_shapes_data',
+__all__ = ['SHAPES_DEMO_CONFIG', 'plot_predictions', 'plot_cross_attention', 'plot_matching', 'ensure_shapes_data',
            'run_shapes_demo', 'class_names_of']
 
 # %% ../nbs/16_shapes_demo.ipynb #215b959a
-_COLORS = ['#e6194b', '#3cb44b', '#4363d8', '#f58231', '#911eb4', '#42d4f4', '#f032e6', '#bfef45', '#469990', '#9a6324']
-
-def denormalize(img: Tensor) -> Tensor:
-    "Undo the ImageNet normalisation of a `(3, H, W)` image -> `(H, W, 3)` floats in [0, 1] for `imshow`."
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
-    return (img.detach().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0)
-
-def _draw_boxes(ax, boxes_xyxy, labels, scores=None, class_names=None, dashed=False, color=None):
-    import matplotlib.patches as patches
-    for i, (b, l) in enumerate(zip(boxes_xyxy.tolist(), labels.tolist())):
-        c = color or _COLORS[int(l) % len(_COLORS)]
-        ax.add_patch(patches.Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec=c, lw=1.5,
-                                       ls='--' if dashed else '-'))
-        name = class_names.get(int(l), str(l)) if isinstance(class_names, Mapping) else str(l)
-        text = name if scores is None else f'{name} {scores[i]:.2f}'
-        ax.text(b[0], b[1] - 1, text, fontsize=6, color='white', va='bottom', bbox=dict(fc=c, ec='none', pad=0.5))
-
-def _pixel_boxes(cxcywh: Tensor, size) -> Tensor:
-    h, w = [int(v) for v in size]
-    return box_cxcywh_to_xyxy(cxcywh.detach().cpu()) * torch.tensor([w, h, w, h], dtype=torch.float32)
-
 @torch.no_grad()
 def plot_predictions(model: nn.Module, dataset, indices: Sequence[int], threshold: float = 0.5, class_names=None,
                      device='cpu', path=None):
@@ -59,10 +37,10 @@ def plot_predictions(model: nn.Module, dataset, indices: Sequence[int], threshol
         scores, labels = prob.max(-1)
         keep = scores > threshold
         size = img.shape[-2:]
-        for ax, boxes, labs, sc, title in ((axes[0, j], _pixel_boxes(tgt['boxes'], size), tgt['labels'], None, 'ground truth'),
-                                          (axes[1, j], _pixel_boxes(out['pred_boxes'][0][keep], size), labels[keep].cpu(),
+        for ax, boxes, labs, sc, title in ((axes[0, j], pixel_boxes(tgt['boxes'], size), tgt['labels'], None, 'ground truth'),
+                                          (axes[1, j], pixel_boxes(out['pred_boxes'][0][keep], size), labels[keep].cpu(),
                                            scores[keep].cpu().tolist(), f'predicted (> {threshold})')):
-            ax.imshow(denormalize(img)); _draw_boxes(ax, boxes, labs, sc, class_names)
+            ax.imshow(to_display(img)); draw_boxes(ax, boxes, labs, sc, class_names)
             ax.set_title(title, fontsize=8); ax.axis('off')
     fig.tight_layout()
     if path is not None: fig.savefig(path, dpi=72)
@@ -85,14 +63,14 @@ def plot_cross_attention(model: nn.Module, image: Tensor, num_queries: int = 4, 
     H, W = image.shape[-2:]
     stride = 2 ** round(math.log2(H / fh))                      # the backbone's output stride (16 or 32)
     fig, axes = plt.subplots(1, len(top) + 1, figsize=(2.1 * (len(top) + 1), 2.4))
-    axes[0].imshow(denormalize(image)); axes[0].set_title('image', fontsize=8)
+    axes[0].imshow(to_display(image)); axes[0].set_title('image', fontsize=8)
     for k, q in enumerate(top):
-        box = _pixel_boxes(out['pred_boxes'][0, q:q + 1], (H, W))
-        _draw_boxes(axes[0], box, labels[q:q + 1].cpu(), [scores[q].item()], class_names)
+        box = pixel_boxes(out['pred_boxes'][0, q:q + 1], (H, W))
+        draw_boxes(axes[0], box, labels[q:q + 1].cpu(), [scores[q].item()], class_names)
         # the feature map covers the padded image; without padding (one image) it is the whole image
-        axes[k + 1].imshow(denormalize(image).mean(-1), cmap='gray', extent=(0, W, H, 0))
+        axes[k + 1].imshow(to_display(image).mean(-1), cmap='gray', extent=(0, W, H, 0))
         axes[k + 1].imshow(cross[q].reshape(fh, fw).cpu(), cmap='inferno', alpha=0.65, extent=(0, fw * stride, fh * stride, 0))
-        _draw_boxes(axes[k + 1], box, labels[q:q + 1].cpu(), None, class_names, color='white')
+        draw_boxes(axes[k + 1], box, labels[q:q + 1].cpu(), None, class_names, color='white')
         axes[k + 1].set_xlim(0, W); axes[k + 1].set_ylim(H, 0)
         axes[k + 1].set_title(f'query {q}', fontsize=8)
     for ax in axes: ax.axis('off')
@@ -111,13 +89,13 @@ def plot_matching(model: nn.Module, matcher, image: Tensor, target: Mapping, cla
     tgt = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in target.items()}
     (src_idx, tgt_idx), = matcher({'pred_logits': out['pred_logits'], 'pred_boxes': out['pred_boxes']}, [tgt])
     size = image.shape[-2:]
-    gt = _pixel_boxes(target['boxes'], size); pred = _pixel_boxes(out['pred_boxes'][0], size)
+    gt = pixel_boxes(target['boxes'], size); pred = pixel_boxes(out['pred_boxes'][0], size)
     fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(denormalize(image))
+    ax.imshow(to_display(image))
     for q, t in zip(src_idx.tolist(), tgt_idx.tolist()):
-        c = _COLORS[t % len(_COLORS)]
-        _draw_boxes(ax, gt[t:t + 1], target['labels'][t:t + 1].cpu(), None, class_names, color=c)
-        _draw_boxes(ax, pred[q:q + 1], torch.tensor([q]), None, None, dashed=True, color=c)
+        c = class_color(t)
+        draw_boxes(ax, gt[t:t + 1], target['labels'][t:t + 1].cpu(), None, class_names, color=c)
+        draw_boxes(ax, pred[q:q + 1], torch.tensor([q]), None, None, color=c, dashed=True)
         (gx, gy), (px, py) = (gt[t, :2] + gt[t, 2:]) / 2, (pred[q, :2] + pred[q, 2:]) / 2
         ax.plot([gx, px], [gy, py], color=c, lw=1)
     ax.set_title(f'{len(src_idx)} targets matched to queries {sorted(src_idx.tolist())}', fontsize=8); ax.axis('off')

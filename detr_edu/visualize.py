@@ -15,19 +15,18 @@ import torch
 from torch import Tensor, nn
 from matplotlib.figure import Figure
 
-from .box_ops import box_cxcywh_to_xyxy
+from .data import IMAGENET_MEAN, IMAGENET_STD, denormalize_boxes
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'COLORS', 'class_color', 'to_display', 'pixel_boxes', 'draw_boxes', 'model_kind',
-           'feature_stride', 'inspect_model', 'class_scores', 'detections', 'plot_predictions', 'pixel_to_cell',
-           'encoder_attention_map', 'query_attention_map', 'plot_encoder_attention', 'top_queries',
-           'plot_query_attention', 'match', 'plot_cost_matrices', 'plot_matched_pairs', 'assignments_across_layers',
-           'plot_assignments_across_layers', 'run_checkpoints', 'load_detr_checkpoint', 'plot_checkpoint_grid',
-           'read_metrics', 'plot_loss_curves', 'sampling_points', 'plot_sampling_points', 'reference_boxes',
-           'plot_reference_refinement', 'query_selection', 'plot_query_selection', 'write_figures']
+__all__ = ['COLORS', 'class_color', 'to_display', 'pixel_boxes', 'draw_boxes', 'model_kind', 'feature_stride', 'inspect_model',
+           'class_scores', 'detections', 'plot_predictions', 'pixel_to_cell', 'encoder_attention_map',
+           'query_attention_map', 'plot_encoder_attention', 'top_queries', 'plot_query_attention', 'match',
+           'plot_cost_matrices', 'plot_matched_pairs', 'assignments_across_layers', 'plot_assignments_across_layers',
+           'run_checkpoints', 'load_detr_checkpoint', 'plot_checkpoint_grid', 'read_metrics', 'plot_loss_curves',
+           'sampling_points', 'plot_sampling_points', 'reference_boxes', 'plot_reference_refinement', 'query_selection',
+           'plot_query_selection', 'write_figures']
 
 # %% ../nbs/15_visualize.ipynb #10a5dd07
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 COLORS = ['#e6194b', '#3cb44b', '#4363d8', '#f58231', '#911eb4', '#42d4f4', '#f032e6', '#bfef45', '#469990', '#9a6324']
 
 def class_color(label: int) -> str:
@@ -53,7 +52,7 @@ def pixel_boxes(boxes: Tensor, size) -> Tensor:
     if not isinstance(boxes, Tensor) or boxes.ndim != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"pixel_boxes: `boxes` must be an (N, 4) tensor, got {tuple(getattr(boxes, 'shape', ())) or type(boxes).__name__}")
     h, w = (int(v) for v in size)
-    return box_cxcywh_to_xyxy(boxes.detach().float().cpu()) * torch.tensor([w, h, w, h], dtype=torch.float32)
+    return denormalize_boxes(boxes.detach().cpu(), h, w)          # lesson 08's inverse of normalize_boxes
 
 def draw_boxes(ax, boxes_xyxy: Tensor, labels=None, scores=None, class_names: Mapping | None = None,
                color: str | None = None, dashed: bool = False, lw: float = 1.5) -> list:
