@@ -298,20 +298,25 @@ def test_postprocess_against_brute_force():
             assert torch.allclose(box, ref, atol=1e-4)
 
 
-def test_vfl_matches_transformers():
+def _assert_vfl_matches_transformers(logits, boxes, targets, indices, num_boxes):
+    "Our `loss_vfl` equals transformers' `RTDetrLoss.loss_labels_vfl` on the same matched pairs."
     from transformers.loss.loss_rt_detr import RTDetrLoss
     from detr_edu.rtdetr import build_rtdetr_criterion
+    ours = build_rtdetr_criterion(NUM_CLASSES, 2).loss_vfl({"pred_logits": logits, "pred_boxes": boxes}, targets,
+                                                          indices, num_boxes=num_boxes)["loss_vfl"]
+    ref = RTDetrLoss(hf_config()).loss_labels_vfl(
+        {"logits": logits, "pred_boxes": boxes}, [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets],
+        indices, num_boxes=num_boxes)["loss_vfl"]
+    assert torch.allclose(ours, ref, atol=1e-6), (ours, ref)
+
+
+def test_vfl_matches_transformers():
     torch.manual_seed(0)
     logits, boxes = torch.randn(2, 7, NUM_CLASSES), torch.rand(2, 7, 4) * 0.4 + 0.3
     targets = [{"labels": torch.tensor([1, 4]), "boxes": torch.tensor([[.5, .5, .2, .4], [.3, .6, .1, .1]])},
                {"labels": torch.tensor([2]), "boxes": torch.tensor([[.7, .2, .3, .2]])}]
     indices = [(torch.tensor([3, 0]), torch.tensor([1, 0])), (torch.tensor([5]), torch.tensor([0]))]
-    ours = build_rtdetr_criterion(NUM_CLASSES, 2).loss_vfl({"pred_logits": logits, "pred_boxes": boxes}, targets,
-                                                          indices, num_boxes=3)["loss_vfl"]
-    ref = RTDetrLoss(hf_config()).loss_labels_vfl(
-        {"logits": logits, "pred_boxes": boxes}, [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets],
-        indices, num_boxes=3)["loss_vfl"]
-    assert torch.allclose(ours, ref, atol=1e-6), (ours, ref)
+    _assert_vfl_matches_transformers(logits, boxes, targets, indices, num_boxes=3)
 
 
 def test_criterion_on_training_outputs():
@@ -435,16 +440,9 @@ def test_criterion_official_loss_names_and_losses_arg():
 
 def test_vfl_zero_iou_matched_pair_matches_transformers():
     "A matched pair with disjoint boxes (IoU 0) is a positive with target 0: weight 0, as official and transformers."
-    from transformers.loss.loss_rt_detr import RTDetrLoss
-    from detr_edu.rtdetr import build_rtdetr_criterion
     torch.manual_seed(0)
     logits = torch.randn(1, 4, NUM_CLASSES)
     boxes = torch.tensor([[[.1, .1, .05, .05], [.5, .5, .2, .2], [.8, .8, .1, .1], [.3, .3, .1, .1]]])
     targets = [{"labels": torch.tensor([2, 0]), "boxes": torch.tensor([[.9, .9, .05, .05], [.5, .5, .2, .3]])}]
     indices = [(torch.tensor([0, 1]), torch.tensor([0, 1]))]            # query 0 is disjoint from its target
-    ours = build_rtdetr_criterion(NUM_CLASSES, 2).loss_vfl({"pred_logits": logits, "pred_boxes": boxes}, targets,
-                                                          indices, num_boxes=2)["loss_vfl"]
-    ref = RTDetrLoss(hf_config()).loss_labels_vfl(
-        {"logits": logits, "pred_boxes": boxes}, [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets],
-        indices, num_boxes=2)["loss_vfl"]
-    assert torch.allclose(ours, ref, atol=1e-6), (ours, ref)
+    _assert_vfl_matches_transformers(logits, boxes, targets, indices, num_boxes=2)
