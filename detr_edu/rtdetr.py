@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from .backbone import FrozenBatchNorm2d
+from .nested_tensor import NestedTensor
 from .box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from .detr import MLP
 from .transformer import (MultiheadAttention, TransformerEncoderLayer, TransformerEncoder, split_heads,
@@ -26,7 +27,7 @@ __all__ = ['RESNET_BLOCKS', 'RTDETR_CONFIGS', 'get_activation', 'ConvNormLayer',
            'MaskedMultiheadAttention', 'RTDETRDecoderLayer', 'RTDETRDecoder', 'bias_init_with_prob',
            'RTDETRTransformer', 'RTDETR', 'RTDETRPostProcessor', 'build_rtdetr', 'varifocal_loss',
            'get_cdn_matched_indices', 'RTDETRCriterion', 'rtdetr_weight_dict', 'build_rtdetr_criterion',
-           'infer_rtdetr_config', 'rtdetr_from_official']
+           'make_rtdetr_transforms', 'infer_rtdetr_config', 'rtdetr_from_official']
 
 # %% ../nbs/12_rtdetr.ipynb #2f2ad715
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
@@ -705,7 +706,8 @@ class RTDETRTransformer(nn.Module):
 # %% ../nbs/12_rtdetr.ipynb #75e00415
 class RTDETR(nn.Module):
     """`decoder(encoder(backbone(x)), targets)`. forward(x `(B, 3, H, W)` images in [0, 1] **without** mean/std
-    normalisation, H and W multiples of 32; a list of equal-size `(3, H, W)` images is stacked; targets (training)
+    normalisation, H and W multiples of 32; a list of equal-size `(3, H, W)` images is stacked, a `NestedTensor` without
+    padding is unwrapped; targets (training)
     as in `RTDETRTransformer`) -> the decoder's dict. `multi_scale` (list of sizes): in training, resize the batch to a
     random square size from it, as the official recipe. `deploy()` = eval + fuse all RepVgg blocks.
 
@@ -719,6 +721,11 @@ class RTDETR(nn.Module):
 
     def forward(self, x, targets: list[dict] | None = None, return_intermediate: bool = False,
                 return_attention: bool = False) -> dict:
+        if isinstance(x, NestedTensor):   # lesson 00's batch, as the engine's data loaders give: no padding allowed
+            if x.mask is not None and x.mask.any():
+                raise ValueError("RTDETR: the NestedTensor `x` has padding; RT-DETR has no padding mask - resize every "
+                                 "image to one size (make_rtdetr_transforms does)")
+            x = x.tensors
         if isinstance(x, (list, tuple)):
             if len({tuple(im.shape) for im in x}) != 1:
                 raise ValueError(f"RTDETR: images in a list must have one size (resize them), got {[tuple(i.shape) for i in x]}")
@@ -889,10 +896,44 @@ def rtdetr_weight_dict(num_decoder_layers: int = 6, vfl: float = 1.0, bbox: floa
     for s in suffixes: out.update({k + s: v for k, v in base.items()})
     return out
 
-def build_rtdetr_criterion(num_classes: int = 80, num_decoder_layers: int = 6) -> RTDETRCriterion:
-    "The official training loss: focal matcher with costs (2, 5, 2), VFL (0.75, 2) + boxes, weights 1/5/2."
-    matcher = HungarianMatcher(cost_class=2, cost_bbox=5, cost_giou=2, focal=True, focal_alpha=0.25, focal_gamma=2.0)
-    return RTDETRCriterion(num_classes, matcher, rtdetr_weight_dict(num_decoder_layers))
+def build_rtdetr_criterion(num_classes: int = 80, num_decoder_layers: int = 6, cost_class: float = 2.0,
+                           cost_bbox: float = 5.0, cost_giou: float = 2.0, bbox_loss_coef: float = 5.0,
+                           giou_loss_coef: float = 2.0, denoising: bool = True) -> RTDETRCriterion:
+    """The official training loss: focal matcher with costs (`cost_class`, `cost_bbox`, `cost_giou`) = (2, 5, 2),
+    VFL (alpha 0.75, gamma 2) + boxes with weights 1 / `bbox_loss_coef` / `giou_loss_coef` = 1 / 5 / 2, for the final
+    output, the aux outputs and (with `denoising`) the denoising outputs of `num_decoder_layers` layers."""
+    matcher = HungarianMatcher(cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou, focal=True,
+                               focal_alpha=0.25, focal_gamma=2.0)
+    weights = rtdetr_weight_dict(num_decoder_layers, 1.0, bbox_loss_coef, giou_loss_coef, denoising)
+    return RTDETRCriterion(num_classes, matcher, weights)
+
+
+# %% ../nbs/12_rtdetr.ipynb #2690ac2c
+from torchvision.transforms import v2
+from .data import Compose, ToNormalizedCxcywh
+
+def _per_box_fields(inputs):
+    "For `SanitizeBoundingBoxes`: the per-box tensors of the target that must lose the same rows as `boxes`."
+    target = inputs[1]
+    return tuple(target[k] for k in ToNormalizedCxcywh.per_box_keys if k in target)
+
+def make_rtdetr_transforms(split: str, size: int = 640, zoom_crop_prob: float = 0.8, hflip_prob: float = 0.5) -> Compose:
+    """RT-DETR's transforms for `split` ('train'; 'val' or 'test'): `(PIL image, target with absolute xyxy `boxes`)` ->
+    `(image (3, size, size) float32 in [0, 1], target with normalised cxcywh `boxes`, `size` = (size, size))`.
+    Training adds the official augmentation: photometric distortion (p 0.5), zoom out then IoU crop (together with
+    probability `zoom_crop_prob`), sanitising, horizontal flip (`hflip_prob`). `size` must be a multiple of 32."""
+    if split not in ('train', 'val', 'test'):
+        raise ValueError(f"make_rtdetr_transforms: `split` must be 'train', 'val' or 'test', got {split!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
+        raise ValueError(f"make_rtdetr_transforms: `size` must be a positive multiple of 32, got {size!r}")
+    for name, p in (('zoom_crop_prob', zoom_crop_prob), ('hflip_prob', hflip_prob)):
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ValueError(f"make_rtdetr_transforms: `{name}` must be in [0, 1], got {p!r}")
+    finish = [v2.Resize((size, size)), v2.ToDtype(torch.float32, scale=True), ToNormalizedCxcywh(0.0)]
+    if split != 'train': return Compose([v2.ToImage(), *finish])
+    sanitize = v2.SanitizeBoundingBoxes(min_size=1, labels_getter=_per_box_fields)
+    zoom_crop = v2.RandomApply([v2.RandomZoomOut(fill=0), v2.RandomIoUCrop(), sanitize], p=zoom_crop_prob)
+    return Compose([v2.ToImage(), v2.RandomPhotometricDistort(p=0.5), zoom_crop, v2.RandomHorizontalFlip(hflip_prob), *finish])
 
 # %% ../nbs/12_rtdetr.ipynb #b707c6fe
 def _count(sd: dict, prefix: str) -> int:
