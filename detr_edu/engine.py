@@ -6,7 +6,7 @@ Docs: https://detr-edu.github.io/detr_edu/engine.html.md"""
 
 # %% ../nbs/09_engine.ipynb #736e69c2
 from __future__ import annotations
-import contextlib, io, json, math, os, random, tempfile, time, warnings
+import contextlib, copy, inspect, io, json, math, os, random, tempfile, time, warnings
 from collections import defaultdict, deque
 from dataclasses import is_dataclass, asdict
 from pathlib import Path
@@ -21,17 +21,19 @@ from tqdm import tqdm
 from .data import IMAGENET_MEAN, IMAGENET_STD
 
 # %% auto #0
-__all__ = ['COCO_STAT_NAMES', 'MODELS', 'OTHER_COMMANDS', 'is_dist_avail_and_initialized', 'get_world_size', 'get_rank',
-           'is_main_process', 'init_distributed_mode', 'reduce_dict', 'all_gather_object', 'SmoothedValue',
-           'MetricLogger', 'unwrap_model', 'build_optimizer', 'build_lr_scheduler', 'get_rng_state', 'set_rng_state',
-           'atomic_save', 'to_plain', 'save_checkpoint', 'load_checkpoint', 'train_one_epoch', 'detections_to_coco',
-           'coco_evaluate', 'coco_stats', 'get_coco_api_from_dataset', 'evaluate', 'append_jsonl', 'read_jsonl',
-           'plot_history', 'find_generators', 'fit', 'atomic_write_text', 'default_transform', 'draw_detections',
-           'predict', 'register_model', 'TrainConfig', 'make_config', 'resolve_coco_split',
-           'num_classes_from_annotations', 'class_names_from_annotations', 'get_args_parser', 'build_transforms',
-           'build_dataset', 'build_loader', 'detr_weight_dict', 'use_trainable_batchnorm', 'SmallConvBackbone',
-           'build_detr_training', 'build_yolos_training', 'build_deformable_detr_training', 'build_model', 'train',
-           'evaluate_checkpoint', 'format_coco_stats', 'predict_images', 'main']
+__all__ = ['COCO_STAT_NAMES', 'MODELS', 'MODEL_DEFAULTS', 'MODEL_TRANSFORMS', 'OTHER_COMMANDS', 'is_dist_avail_and_initialized',
+           'get_world_size', 'get_rank', 'is_main_process', 'init_distributed_mode', 'reduce_dict', 'all_gather_object',
+           'SmoothedValue', 'MetricLogger', 'unwrap_model', 'build_optimizer', 'build_lr_scheduler', 'get_rng_state',
+           'set_rng_state', 'atomic_save', 'to_plain', 'checkpoint_weights', 'save_checkpoint', 'load_checkpoint',
+           'forward_takes_targets', 'train_one_epoch', 'ModelEMA', 'detections_to_coco', 'coco_evaluate', 'coco_stats',
+           'get_coco_api_from_dataset', 'evaluate', 'append_jsonl', 'read_jsonl', 'plot_history', 'find_generators',
+           'fit', 'atomic_write_text', 'default_transform', 'draw_detections', 'predict', 'register_model',
+           'TrainConfig', 'make_config', 'resolve_coco_split', 'num_classes_from_annotations',
+           'class_names_from_annotations', 'get_args_parser', 'build_transforms', 'build_dataset', 'build_loader',
+           'detr_weight_dict', 'use_trainable_batchnorm', 'SmallConvBackbone', 'build_detr_training',
+           'build_yolos_training', 'build_deformable_detr_training', 'build_model', 'rtdetr_transforms',
+           'rtdetr_multi_scale', 'build_rtdetr_training', 'train', 'evaluate_checkpoint', 'format_coco_stats',
+           'predict_images', 'main']
 
 # %% ../nbs/09_engine.ipynb #f18b4acf
 def is_dist_avail_and_initialized() -> bool:
@@ -267,9 +269,14 @@ def to_plain(obj, name: str = 'config'):
     raise TypeError(f"to_plain: `{name}` is a {type(obj).__name__}; a checkpoint config holds only dicts, lists, "
                     f"str, int, float, bool and None")
 
+def checkpoint_weights(ckpt: Mapping, use_ema: bool = True) -> dict[str, Tensor]:
+    "The model state dict of a loaded checkpoint: the EMA's averaged weights when `use_ema` and the run kept one, else `'model'`."
+    return ckpt['ema']['module'] if use_ema and isinstance(ckpt.get('ema'), Mapping) else ckpt['model']
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer=None, lr_scheduler=None, epoch: int | None = None,
-                    config=None, generators: Sequence[torch.Generator] = (), **extra):
-    """Write a resumable checkpoint atomically: `model` (unwrapped from DDP), `optimizer`, `lr_scheduler` state dicts,
+                    config=None, generators: Sequence[torch.Generator] = (), ema=None, **extra):
+    """Write a resumable checkpoint atomically: `model` (unwrapped from DDP), `optimizer`, `lr_scheduler` and `ema`
+    (a `ModelEMA`, saved as `'ema'`) state dicts,
     `epoch` (the last finished one), `config` (made plain by `to_plain`), `rng_state` (one `get_rng_state` per process,
     by rank) and any `extra` plain values. Call it on every process of a distributed run: they all contribute their
     RNG state, only rank 0 writes. Loadable with `torch.load(path, weights_only=True)`."""
@@ -282,21 +289,23 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer=None, l
             **{k: to_plain(v, k) for k, v in extra.items()}}
     if optimizer is not None: ckpt['optimizer'] = optimizer.state_dict()
     if lr_scheduler is not None: ckpt['lr_scheduler'] = lr_scheduler.state_dict()
+    if ema is not None: ckpt['ema'] = ema.state_dict()
     atomic_save(ckpt, path)
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, optimizer=None, lr_scheduler=None,
                     generators: Sequence[torch.Generator] = (), restore_rng: bool = True, map_location='cpu',
-                    strict: bool = True) -> dict:
+                    strict: bool = True, ema=None, use_ema: bool = False) -> dict:
     """Load a checkpoint made by `save_checkpoint` with `weights_only=True` and restore what is given: the `model`
-    weights, the `optimizer` and `lr_scheduler` states and, with `restore_rng`, this process's RNG states (and the
-    `generators`'). Returns the checkpoint dict (`epoch`, `config`, ...)."""
+    weights, the `optimizer`, `lr_scheduler` and `ema` states and, with `restore_rng`, this process's RNG states (and
+    the `generators`'). `use_ema`: give `model` the averaged weights when the run kept an EMA (the ones it evaluated:
+    for evaluation and prediction, not for resuming). Returns the checkpoint dict (`epoch`, `config`, ...)."""
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"load_checkpoint: `path` {str(path)!r} is not a file")
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(ckpt, dict) or 'model' not in ckpt:
         raise ValueError(f"load_checkpoint: {str(path)!r} is not a detr_edu checkpoint (no 'model' entry)")
-    if model is not None: unwrap_model(model).load_state_dict(ckpt['model'], strict=strict)
-    for obj, key in ((optimizer, 'optimizer'), (lr_scheduler, 'lr_scheduler')):
+    if model is not None: unwrap_model(model).load_state_dict(checkpoint_weights(ckpt, use_ema), strict=strict)
+    for obj, key in ((optimizer, 'optimizer'), (lr_scheduler, 'lr_scheduler'), (ema, 'ema')):
         if obj is None: continue
         if key not in ckpt: raise ValueError(f"load_checkpoint: {str(path)!r} holds no {key!r} state to restore `{key}`")
         obj.load_state_dict(ckpt[key])
@@ -320,17 +329,22 @@ def _weighted_losses(loss_dict: Mapping[str, Tensor], weight_dict: Mapping[str, 
                          f"{sorted(weight_dict)}: nothing to optimise")
     return sum(loss_dict[k] * weight_dict[k] for k in keys)
 
-_BAR_KEYS = ('loss_ce', 'loss_bbox', 'loss_giou', 'class_error')
+def forward_takes_targets(model: nn.Module) -> bool:
+    "True when the model's `forward` has a `targets` argument: RT-DETR builds its denoising queries from them in training."
+    return 'targets' in inspect.signature(unwrap_model(model).forward).parameters
+
+_BAR_KEYS = ('loss_ce', 'loss_vfl', 'loss_bbox', 'loss_giou', 'class_error')
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: str | torch.device, epoch: int, max_norm: float = 0.1, progress: bool = True,
-                    max_iters: int | None = None) -> dict[str, float]:
+                    max_iters: int | None = None, ema: ModelEMA | None = None) -> dict[str, float]:
     """Train `model` for one pass over `data_loader` (or its first `max_iters` batches).
 
     Batches are `(samples, targets)`: `samples` a `NestedTensor` (or tensor) `(B, 3, H, W)`, `targets` a list of B
     dicts with `labels` `(N_i,)` and `boxes` `(N_i, 4)` normalised cxcywh. `criterion(outputs, targets)` returns
     unweighted losses; the step minimises their sum weighted by `criterion.weight_dict`, after clipping the gradient
-    norm to `max_norm` (0 disables clipping). Returns the epoch averages (over all processes) of the weighted total
+    norm to `max_norm` (0 disables clipping), then `ema.update(model)` when an `ema` is given. A model whose forward
+    takes `targets` (`forward_takes_targets`) gets them. Returns the epoch averages (over all processes) of the weighted total
     `loss`, each weighted term `k`, each unweighted term `k_unscaled`, `class_error` if reported, `lr` and `grad_norm`
     (the norm before clipping).
     """
@@ -338,7 +352,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         raise TypeError(f"train_one_epoch: `criterion` must have a `weight_dict` attribute, got {type(criterion).__name__}")
     _check_number(max_norm, 'max_norm', 'train_one_epoch', 0)
     model.train(); criterion.train()
-    weight_dict, logger = criterion.weight_dict, MetricLogger()
+    weight_dict, logger, with_targets = criterion.weight_dict, MetricLogger(), forward_takes_targets(model)
     total = len(data_loader) if hasattr(data_loader, '__len__') else None
     if max_iters is not None and total is not None: total = min(total, max_iters)
     bar = tqdm(data_loader, total=total, desc=f'Epoch {epoch}', leave=False, mininterval=1.0,
@@ -346,7 +360,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     for it, (samples, targets) in enumerate(bar):
         if max_iters is not None and it >= max_iters: break
         samples, targets = samples.to(device), _to_device(targets, device)
-        outputs = model(samples)
+        outputs = model(samples, targets) if with_targets else model(samples)
         loss_dict = criterion(outputs, targets)
         losses = _weighted_losses(loss_dict, weight_dict)
 
@@ -362,6 +376,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         # clip_grad_norm_ returns the norm *before* clipping; max_norm=inf measures without clipping
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else float('inf'))
         optimizer.step()
+        if ema is not None: ema.update(model)
 
         logger.update(loss=loss_value, **scaled, **{f'{k}_unscaled': v for k, v in reduced.items()},
                       lr=optimizer.param_groups[0]['lr'], grad_norm=grad_norm)
@@ -371,6 +386,43 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     bar.close()
     logger.synchronize_between_processes()
     return logger.global_avgs()
+
+# %% ../nbs/09_engine.ipynb #0554faac
+class ModelEMA:
+    """The exponential moving average of `model`'s weights (RT-DETR's recipe): `update(model)` after each optimizer
+    step sets `ema = d_t * ema + (1 - d_t) * weight` for every floating-point parameter and buffer, with
+    `d_t = decay * (1 - exp(-t / warmups))` at update `t`; integer buffers are copied. Under DDP every process keeps the
+    same average (the model's buffers are synchronised from rank 0 first). `module` is the averaged copy
+    (eval mode, no gradients): evaluate it. `state_dict()` / `load_state_dict()` carry it through checkpoints."""
+    def __init__(self, model: nn.Module, decay: float = 0.9999, warmups: int = 2000):
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+            raise ValueError(f"ModelEMA: `decay` must be in [0, 1), got {decay!r}")
+        if isinstance(warmups, bool) or not isinstance(warmups, int) or warmups < 1:
+            raise ValueError(f"ModelEMA: `warmups` must be a positive int, got {warmups!r}")
+        self.module = copy.deepcopy(unwrap_model(model)).eval()
+        for p in self.module.parameters(): p.requires_grad_(False)
+        self.decay, self.warmups, self.updates = float(decay), warmups, 0
+
+    def decay_at(self, updates: int) -> float:
+        "The decay `d_t` used by update number `updates` (1 for the first)."
+        return self.decay * (1 - math.exp(-updates / self.warmups))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module):
+        if is_dist_avail_and_initialized():   # BatchNorm statistics differ per process: take rank 0's, as DDP's next forward would
+            for b in unwrap_model(model).buffers(): dist.broadcast(b, 0)
+        self.updates += 1
+        d, current = self.decay_at(self.updates), unwrap_model(model).state_dict()
+        for k, v in self.module.state_dict().items():
+            if v.dtype.is_floating_point: v.mul_(d).add_(current[k].detach(), alpha=1 - d)
+            else: v.copy_(current[k])
+
+    def state_dict(self) -> dict:
+        return {'module': self.module.state_dict(), 'updates': self.updates, 'decay': self.decay, 'warmups': self.warmups}
+
+    def load_state_dict(self, state: Mapping):
+        self.module.load_state_dict(state['module'])
+        self.updates, self.decay, self.warmups = int(state['updates']), float(state['decay']), int(state['warmups'])
 
 # %% ../nbs/09_engine.ipynb #b1029294
 COCO_STAT_NAMES = ('AP', 'AP50', 'AP75', 'AP_S', 'AP_M', 'AP_L', 'AR1', 'AR10', 'AR100', 'AR_S', 'AR_M', 'AR_L')
@@ -510,13 +562,14 @@ def fit(model: nn.Module, criterion: nn.Module, data_loader_train, optimizer: to
         epochs: int = 1, device: str | torch.device = 'cpu', run_dir: str | os.PathLike | None = None,
         data_loader_val=None, postprocessors=None, base_ds=None, max_norm: float = 0.1, resume: str | os.PathLike | bool | None = None,
         config=None, eval_every: int = 1, progress: bool = True, max_iters: int | None = None,
-        label_to_cat_id=None, verbose: bool = True) -> list[dict]:
+        label_to_cat_id=None, verbose: bool = True, ema: ModelEMA | None = None) -> list[dict]:
     """Train for `epochs` epochs (counting those a resumed checkpoint already did) and return the per-epoch records.
 
     Each epoch: `train_one_epoch`, `lr_scheduler.step()`, `evaluate` on `data_loader_val` every `eval_every` epochs
     and after the last one (needs `postprocessors`; `base_ds` as in `evaluate`), then, with a `run_dir`, append the record
     to `run_dir/metrics.jsonl`, plot `run_dir/loss_curve.png` and save `run_dir/checkpoint.pth` (with `config`).
     `resume`: a checkpoint path, or True for `run_dir/checkpoint.pth`. `max_iters` caps the batches per epoch (for demos).
+    `ema`: a `ModelEMA` of `model`, updated every step, evaluated instead of `model` and saved in the checkpoint.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: `epochs` must be a positive int, got {epochs!r}")
@@ -532,7 +585,7 @@ def fit(model: nn.Module, criterion: nn.Module, data_loader_train, optimizer: to
     generators = find_generators(data_loader_train)
     start_epoch, history, elapsed = 0, [], 0.0
     if resume:
-        ckpt = load_checkpoint(resume, model, optimizer, lr_scheduler, generators=generators)
+        ckpt = load_checkpoint(resume, model, optimizer, lr_scheduler, generators=generators, ema=ema)
         start_epoch = int(ckpt['epoch']) + 1
         if run_dir is not None and is_main_process():
             history = [r for r in read_jsonl(run_dir / 'metrics.jsonl') if r.get('epoch', -1) < start_epoch]
@@ -543,7 +596,7 @@ def fit(model: nn.Module, criterion: nn.Module, data_loader_train, optimizer: to
         t0, cpu0 = time.time(), time.process_time()
         _set_epoch(data_loader_train, epoch)
         train_stats = train_one_epoch(model, criterion, data_loader_train, optimizer, device, epoch,
-                                      max_norm=max_norm, progress=progress, max_iters=max_iters)
+                                      max_norm=max_norm, progress=progress, max_iters=max_iters, ema=ema)
         if lr_scheduler is not None: lr_scheduler.step()
         iters = len(data_loader_train) if max_iters is None else min(len(data_loader_train), max_iters)
         record = {'epoch': epoch, **{f'train_{k}': v for k, v in train_stats.items()}, 'train_time': time.time() - t0,
@@ -552,7 +605,7 @@ def fit(model: nn.Module, criterion: nn.Module, data_loader_train, optimizer: to
             # evaluation must not shift the random streams of training (creating a DataLoader iterator draws a
             # seed from torch's generator): a run that evaluates after epoch e then trains exactly like one that did not
             rng = get_rng_state(generators)
-            test_stats, _ = evaluate(model, criterion, postprocessors, data_loader_val, base_ds, device,
+            test_stats, _ = evaluate(model if ema is None else ema.module, criterion, postprocessors, data_loader_val, base_ds, device,
                                      progress=progress, label_to_cat_id=label_to_cat_id)
             set_rng_state(rng, generators)
             record.update({f'test_{k}': v for k, v in test_stats.items()})
@@ -568,7 +621,7 @@ def fit(model: nn.Module, criterion: nn.Module, data_loader_train, optimizer: to
                 append_jsonl(run_dir / 'metrics.jsonl', record)
                 plot_history(history, run_dir / 'loss_curve.png')
             save_checkpoint(run_dir / 'checkpoint.pth', model, optimizer, lr_scheduler, epoch=epoch, config=config,
-                            generators=generators)
+                            generators=generators, ema=ema)
     return history
 
 def atomic_write_text(path: str | os.PathLike, text: str):
@@ -646,17 +699,23 @@ def _opt(default, help: str, type=None, choices=None, nargs=None):
     return field(default=default, metadata={'help': help, 'type': type, 'choices': choices, 'nargs': nargs})
 
 MODELS: dict[str, Callable] = {}
+MODEL_DEFAULTS: dict[str, dict] = {}      # a family's own recipe: settings that differ from DETR's
+MODEL_TRANSFORMS: dict[str, Callable] = {}
 
-def register_model(name: str):
-    "Decorator: add `builder(cfg) -> (model, criterion, postprocessors)` to `MODELS` under `name`, a `--model` choice."
+def register_model(name: str, transforms: Callable | None = None, **defaults):
+    """Decorator: add `builder(cfg) -> (model, criterion, postprocessors)` to `MODELS` under `name`, a `--model` choice.
+    `defaults`: the family's recipe, used by `make_config` for the settings a user does not give; `transforms(cfg, split)`:
+    its data transforms when they are not lesson 08's."""
     def deco(builder: Callable) -> Callable:
-        MODELS[name] = builder
+        MODELS[name], MODEL_DEFAULTS[name] = builder, defaults
+        if transforms is not None: MODEL_TRANSFORMS[name] = transforms
         return builder
     return deco
 
 @dataclass
 class TrainConfig:
-    "Every setting of a DETR training run, with the official names and defaults (facebookresearch/detr `main.py`)."
+    """Every setting of a training run, with the official names and DETR's defaults (facebookresearch/detr `main.py`);
+    `make_config` replaces the defaults by the model family's recipe (`MODEL_DEFAULTS`) where that differs."""
     # data
     data_path: str = _opt('data/shapes', 'COCO-format folder: images + annotations/instances_{train,val}[2017].json')
     num_classes: int | None = _opt(None, 'number of classes = max category id + 1 (default: read from the train annotations)', int)
@@ -693,6 +752,8 @@ class TrainConfig:
     epochs: int = _opt(300, 'epochs to train', int)
     lr_drop: int = _opt(200, 'multiply the learning rates by 0.1 after this many epochs', int)
     clip_max_norm: float = _opt(0.1, 'gradient clipping max norm (0 = no clipping)', float)
+    ema_decay: float = _opt(0.0, 'decay of the moving average of the weights that is evaluated and saved (0: no EMA)', float)
+    ema_warmups: int = _opt(2000, 'EMA warm-up: the decay at step t is ema_decay * (1 - exp(-t / ema_warmups))', int)
     # run
     output_dir: str = _opt('runs/detr', 'run folder: checkpoint.pth, metrics.jsonl, loss_curve.png', str)
     device: str = _opt('auto', "'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...", str)
@@ -703,15 +764,18 @@ class TrainConfig:
     progress: bool = _opt(True, 'show tqdm progress bars', bool)
 
 _POSITIVE = {'batch_size', 'hidden_dim', 'nheads', 'enc_layers', 'dec_layers', 'dim_feedforward', 'num_queries',
-             'epochs', 'lr_drop', 'eval_every', 'max_iters', 'num_classes', 'max_size', 'lr'}
+             'epochs', 'lr_drop', 'eval_every', 'max_iters', 'num_classes', 'max_size', 'lr', 'ema_warmups'}
 _NON_NEGATIVE = {'crop_prob', 'num_workers', 'lr_backbone', 'weight_decay', 'clip_max_norm', 'eos_coef', 'dropout',
                  'set_cost_class', 'set_cost_bbox', 'set_cost_giou', 'bbox_loss_coef', 'giou_loss_coef'}
 
 def make_config(config: TrainConfig | Mapping | None = None, **overrides) -> TrainConfig:
     """A validated `TrainConfig` from a config, a plain dict (e.g. a checkpoint's `config`) and/or keyword overrides.
-    Unknown names and out-of-range values raise a `ValueError` naming the setting."""
+    Settings that neither gives take the recipe of the chosen `model` (`MODEL_DEFAULTS`), then `TrainConfig`'s
+    defaults (a `TrainConfig` gives every setting). Unknown names and out-of-range values raise a `ValueError` naming
+    the setting."""
     base = asdict(config) if isinstance(config, TrainConfig) else dict(config or {})
     base.update(overrides)
+    for name, value in MODEL_DEFAULTS.get(base.get('model', 'detr'), {}).items(): base.setdefault(name, value)
     known = {f.name: f for f in fields(TrainConfig)}
     unknown = sorted(set(base) - set(known))
     if unknown: raise ValueError(f"unknown config setting(s) {unknown}; known: {sorted(known)}")
@@ -729,6 +793,7 @@ def make_config(config: TrainConfig | Mapping | None = None, **overrides) -> Tra
         if name in _POSITIVE and not value > 0: raise ValueError(f"config `{name}` must be > 0, got {value!r}")
         if name in _NON_NEGATIVE and not value >= 0: raise ValueError(f"config `{name}` must be >= 0, got {value!r}")
         if name == 'crop_prob' and value > 1: raise ValueError(f"config `crop_prob` must be in [0, 1], got {value!r}")
+        if name == 'ema_decay' and not 0 <= value < 1: raise ValueError(f"config `ema_decay` must be in [0, 1), got {value!r}")
         if typ is float and not math.isfinite(value): raise ValueError(f"config `{name}` must be finite, got {value!r}")
     if base.get('hidden_dim', 256) % base.get('nheads', 8):
         raise ValueError(f"config `hidden_dim` ({base['hidden_dim']}) must be divisible by `nheads` ({base['nheads']})")
@@ -762,17 +827,19 @@ def class_names_from_annotations(ann_file: str | os.PathLike) -> dict[int, str]:
 
 # %% ../nbs/09_engine.ipynb #8076cfd5
 def _add_config_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = None):
+    "One option per `TrainConfig` field. Options not given are left out (SUPPRESS): `make_config` fills in the model's recipe."
     for f in fields(TrainConfig):
         if only is not None and f.name not in only: continue
         typ, choices, help = f.metadata['type'], f.metadata['choices'], f.metadata['help']
+        default = f" (default: {f.default}{'' if f.name == 'model' else ', or the model recipe'})"
         if f.metadata['nargs']:
-            parser.add_argument(f'--{f.name}', type=typ, nargs=f.metadata['nargs'], default=f.default, metavar=f.name.upper(),
-                                help=f'{help} (default: {f.default})')
+            parser.add_argument(f'--{f.name}', type=typ, nargs=f.metadata['nargs'], default=argparse.SUPPRESS,
+                                metavar=f.name.upper(), help=help + default)
         elif typ is bool:
-            parser.add_argument(f'--{f.name}', action=argparse.BooleanOptionalAction, default=f.default, help=help)
+            parser.add_argument(f'--{f.name}', action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help + default)
         else:
-            parser.add_argument(f'--{f.name}', type=typ, default=f.default, choices=choices, metavar=None if choices else f.name.upper(),
-                                help=f'{help} (default: {f.default})')
+            parser.add_argument(f'--{f.name}', type=typ, default=argparse.SUPPRESS, choices=choices,
+                                metavar=None if choices else f.name.upper(), help=help + default)
 
 OTHER_COMMANDS = {  # subcommand: (module whose `main(argv)` runs it, help)
     'explore': ('detr_edu.explorer', 'serve the interactive explorer (lesson 18) as a web page with voila'),
@@ -792,7 +859,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p_eval.add_argument('--checkpoint', '--resume', dest='checkpoint', required=True, help='checkpoint.pth to evaluate')
     _add_config_arguments(p_eval, only=('data_path', 'batch_size', 'num_workers', 'device', 'max_iters', 'progress'))
     for a in p_eval._actions:
-        if a.dest == 'data_path': a.default, a.help = None, "COCO-format folder (default: the checkpoint's)"
+        if a.dest == 'data_path': a.help = "COCO-format folder (default: the checkpoint's)"
     p_pred = sub.add_parser('predict', help='detect objects in images and write them with the boxes drawn')
     p_pred.add_argument('--checkpoint', '--resume', dest='checkpoint', required=True, help='checkpoint.pth to use')
     p_pred.add_argument('--image', nargs='+', required=True, help='one or more image files')
@@ -811,7 +878,9 @@ def _device(name: str) -> torch.device:
 
 # %% ../nbs/09_engine.ipynb #094ef4b6
 def build_transforms(cfg: TrainConfig, split: str):
-    "Lesson 08's transforms for `split` ('train': augmentation with `cfg.scales`, `cfg.crop_prob`; 'val': resize + normalise), capped at `cfg.max_size`."
+    """The transforms of `split` for `cfg.model`: its registered ones (`MODEL_TRANSFORMS`: RT-DETR's), else lesson 08's
+    ('train': augmentation with `cfg.scales`, `cfg.crop_prob`; 'val': resize + normalise), capped at `cfg.max_size`."""
+    if cfg.model in MODEL_TRANSFORMS: return MODEL_TRANSFORMS[cfg.model](cfg, split)
     from detr_edu.data import make_coco_transforms
     size = {} if cfg.max_size is None else {'max_size': cfg.max_size}
     return make_coco_transforms(split, scales=cfg.scales, crop_prob=cfg.crop_prob, **size)
@@ -945,6 +1014,46 @@ def build_model(cfg: TrainConfig) -> tuple[nn.Module, nn.Module, dict]:
     if cfg.model not in MODELS: raise ValueError(f"build_model: config `model` must be one of {sorted(MODELS)}, got {cfg.model!r}")
     return MODELS[cfg.model](cfg)
 
+def rtdetr_transforms(cfg: TrainConfig, split: str):
+    "Lesson 12's `make_rtdetr_transforms`: square `max_size` images in [0, 1]; `crop_prob` = the zoom-out + IoU-crop probability."
+    from detr_edu.rtdetr import make_rtdetr_transforms
+    if cfg.max_size is None or cfg.max_size % 32:
+        raise ValueError(f"config `max_size` is RT-DETR's square input size and must be a multiple of 32, got {cfg.max_size!r}")
+    return make_rtdetr_transforms(split, size=cfg.max_size, zoom_crop_prob=cfg.crop_prob)
+
+def rtdetr_multi_scale(size: int) -> list[int]:
+    "The official multi-scale training sizes 480, 512, ..., 800 for 640-pixel images, scaled to `size` (multiples of 32)."
+    return sorted({max(32, round(s * size / 640 / 32) * 32) for s in range(480, 801, 32)})
+
+@register_model('rtdetr', transforms=rtdetr_transforms, backbone='resnet50', enc_layers=1, dim_feedforward=1024,
+                dropout=0.0, num_queries=300, set_cost_class=2.0, max_size=640, crop_prob=0.8, epochs=72, lr_drop=1000,
+                ema_decay=0.9999, output_dir='runs/rtdetr')
+def build_rtdetr_training(cfg: TrainConfig) -> tuple[nn.Module, nn.Module, dict]:
+    """RT-DETR (lesson 12) as the official rtdetr_r{N}vd configurations: `backbone` resnetN -> PResNet-N-vd (BatchNorm
+    frozen for 50/101 unless `backbone_batchnorm`), `hidden_dim`, `nheads`, `dim_feedforward` for encoder and decoder,
+    `enc_layers` AIFI layers, `dec_layers` decoder layers (R18: 3, R34: 4, R50/R101: 6), `num_queries`, multi-scale
+    training at `rtdetr_multi_scale(max_size)` (or `scales`); `build_rtdetr_criterion` with `cfg`'s costs and weights;
+    `RTDETRPostProcessor` keeping the best `max(100, num_queries)` query-class pairs. The recipe (`MODEL_DEFAULTS`)
+    adds EMA 0.9999, 300 queries, 640-pixel inputs, cost_class 2; RT-DETR has no dropout and no ImageNet start here."""
+    from detr_edu.rtdetr import build_rtdetr, build_rtdetr_criterion, RTDETR_CONFIGS, RTDETRPostProcessor
+    if cfg.backbone == 'small_cnn': raise ValueError("config `backbone`='small_cnn' has one feature level; rtdetr needs a ResNet")
+    if cfg.pretrained_backbone:
+        raise ValueError("config `pretrained_backbone`: PResNet-vd has no torchvision ImageNet weights; start from an "
+                         "official RT-DETR checkpoint with `rtdetr_from_official` instead")
+    if cfg.dropout: raise ValueError(f"config `dropout` must be 0 for rtdetr (it trains without dropout), got {cfg.dropout}")
+    scales = cfg.scales or rtdetr_multi_scale(cfg.max_size)
+    if any(s % 32 for s in scales): raise ValueError(f"config `scales` must be multiples of 32 for rtdetr, got {scales}")
+    preset = dict(RTDETR_CONFIGS[f'rtdetr_r{cfg.backbone[len("resnet"):]}vd'])
+    if cfg.backbone_batchnorm: preset.update(freeze_at=-1, freeze_norm=False)
+    preset.update(encoder_hidden_dim=cfg.hidden_dim, hidden_dim=cfg.hidden_dim, encoder_nhead=cfg.nheads, nhead=cfg.nheads,
+                  encoder_dim_feedforward=cfg.dim_feedforward, dim_feedforward=cfg.dim_feedforward,
+                  num_encoder_layers=cfg.enc_layers, num_decoder_layers=cfg.dec_layers, num_queries=cfg.num_queries,
+                  aux_loss=cfg.aux_loss, multi_scale=scales)
+    model = build_rtdetr(cfg.num_classes, **preset)
+    criterion = build_rtdetr_criterion(cfg.num_classes, cfg.dec_layers, cfg.set_cost_class, cfg.set_cost_bbox,
+                                       cfg.set_cost_giou, cfg.bbox_loss_coef, cfg.giou_loss_coef)
+    return model, criterion, {'bbox': RTDETRPostProcessor(cfg.num_classes, max(100, cfg.num_queries))}
+
 # %% ../nbs/09_engine.ipynb #95985206
 def _load_config_from_checkpoint(checkpoint: str | os.PathLike, **overrides) -> tuple[TrainConfig, dict]:
     path = Path(checkpoint)
@@ -963,7 +1072,8 @@ def _seed_everything(seed: int):
 def train(config: TrainConfig | Mapping | None = None, **overrides) -> dict:
     """Train DETR as `detr-edu train` does (the same code): build model, criterion, data and recipe from the config,
     wrap the model in DistributedDataParallel when started by torchrun, and run `fit` into `output_dir`.
-    Returns `{'model', 'criterion', 'postprocessors', 'history', 'config', 'datasets'}`."""
+    Returns `{'model', 'criterion', 'postprocessors', 'history', 'config', 'datasets'}`; `model` is the evaluated one
+    (the EMA's average when `ema_decay` > 0)."""
     cfg = make_config(config, **overrides)
     info = init_distributed_mode()
     device = torch.device(info['device']) if info['distributed'] else _device(cfg.device)
@@ -980,6 +1090,7 @@ def train(config: TrainConfig | Mapping | None = None, **overrides) -> dict:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[info['local_rank']] if device.type == 'cuda' else None)
     optimizer = build_optimizer(model_without_ddp, cfg.lr, cfg.lr_backbone, cfg.weight_decay)
     lr_scheduler = build_lr_scheduler(optimizer, cfg.lr_drop)
+    ema = ModelEMA(model_without_ddp, cfg.ema_decay, cfg.ema_warmups) if cfg.ema_decay > 0 else None
     if is_main_process():
         n = sum(p.numel() for p in model_without_ddp.parameters() if p.requires_grad)
         print(f"detr-edu train: {n / 1e6:.2f} M trainable parameters, {len(ds_train)} train / {len(ds_val)} val images, "
@@ -988,8 +1099,8 @@ def train(config: TrainConfig | Mapping | None = None, **overrides) -> dict:
     history = fit(model, criterion, dl_train, optimizer, lr_scheduler, epochs=cfg.epochs, device=device,
                   run_dir=cfg.output_dir, data_loader_val=dl_val, postprocessors=postprocessors, base_ds=None,
                   max_norm=cfg.clip_max_norm, resume=cfg.resume or None, config=config, eval_every=cfg.eval_every,
-                  progress=cfg.progress, max_iters=cfg.max_iters)
-    return {'model': model_without_ddp, 'criterion': criterion, 'postprocessors': postprocessors, 'history': history,
+                  progress=cfg.progress, max_iters=cfg.max_iters, ema=ema)
+    return {'model': model_without_ddp if ema is None else ema.module, 'criterion': criterion, 'postprocessors': postprocessors, 'history': history,
             'config': cfg, 'datasets': (ds_train, ds_val)}
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, **overrides) -> dict[str, float]:
@@ -998,7 +1109,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, **overrides) -> dict[str,
     cfg, _ = _load_config_from_checkpoint(checkpoint, **overrides)
     device = _device(cfg.device)
     model, criterion, postprocessors = build_model(cfg)
-    load_checkpoint(checkpoint, model, restore_rng=False)
+    load_checkpoint(checkpoint, model, restore_rng=False, use_ema=True)
     model.to(device); criterion.to(device)
     dl_val = build_loader(cfg, build_dataset(cfg, 'val'), train=False)
     stats, _ = evaluate(model, criterion, postprocessors, dl_val, None, device, progress=cfg.progress, max_iters=cfg.max_iters)
@@ -1017,7 +1128,7 @@ def predict_images(checkpoint: str | os.PathLike, images: Sequence[str | os.Path
     cfg, ck = _load_config_from_checkpoint(checkpoint, device=device)
     dev = _device(cfg.device)
     model, _, postprocessors = build_model(cfg)
-    load_checkpoint(checkpoint, model, restore_rng=False)
+    load_checkpoint(checkpoint, model, restore_rng=False, use_ema=True)
     model.to(dev)
     names = {int(k): v for k, v in ck['config'].get('class_names', {}).items()} or None
     transform = build_transforms(cfg, 'val')

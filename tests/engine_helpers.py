@@ -2,7 +2,7 @@
 real transforms, an oracle detector for the COCO plumbing) and the worker that `test_engine.py` starts under
 `torchrun` to test multi-process training.
 
-Run as a script: `torchrun --nproc_per_node=2 tests/engine_helpers.py DATA_DIR OUT_DIR`.
+Run as a script: `torchrun --nproc_per_node=2 tests/engine_helpers.py DATA_DIR OUT_DIR [detr|rtdetr]`.
 """
 from __future__ import annotations
 import json, os, shutil, sys
@@ -87,11 +87,16 @@ def small_shapes_copy(dest: Path, n_train: int = 4, n_val: int = 4) -> Path:
     return dest
 
 
-def ddp_worker(data_dir: str, out_dir: str):
+# the families the multi-process test trains: TINY, or TINY as an RT-DETR (whose recipe adds an EMA of the weights)
+FAMILIES = {'detr': {}, 'rtdetr': {'model': 'rtdetr', 'backbone': 'resnet18', 'dec_layers': 1}}
+
+
+def ddp_worker(data_dir: str, out_dir: str, family: str = 'detr'):
     """`train` (the code behind `detr-edu train`) with 2 CPU processes: 1 epoch of 3 DDP steps on DATA_DIR, evaluated
-    on its val split; every rank then saves its parameters, the images its sampler gave it, and its history."""
+    on its val split; every rank then saves its parameters (the EMA's for rtdetr), the images its sampler gave it,
+    and its history."""
     from detr_edu.engine import train, build_loader, build_dataset, make_config, get_rank
-    res = train(data_path=data_dir, output_dir=str(Path(out_dir) / 'run'), epochs=1, max_iters=3, **TINY)
+    res = train(data_path=data_dir, output_dir=str(Path(out_dir) / 'run'), epochs=1, max_iters=3, **{**TINY, **FAMILIES[family]})
     cfg = make_config(res['config'])
     sampler = build_loader(cfg, build_dataset(cfg, 'train'), train=True).batch_sampler.sampler   # the DistributedSampler
     sampler.set_epoch(0)
@@ -102,4 +107,4 @@ def ddp_worker(data_dir: str, out_dir: str):
 
 
 if __name__ == '__main__':
-    ddp_worker(sys.argv[1], sys.argv[2])
+    ddp_worker(*sys.argv[1:4])

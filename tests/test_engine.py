@@ -15,7 +15,7 @@ from detr_edu.engine import (atomic_save, build_lr_scheduler, build_optimizer, c
                              train_one_epoch, detections_to_coco, read_jsonl)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine_helpers import SHAPES, TINY, Marked, Oracle, make_loader, shapes, small_shapes_copy, tiny_detr  # noqa: E402
+from engine_helpers import FAMILIES, SHAPES, TINY, Marked, Oracle, make_loader, shapes, small_shapes_copy, tiny_detr  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', '')}
@@ -267,13 +267,14 @@ def test_evaluate_oracle_on_shapes_val():
 
 # ---------------------------------------------------------------- several processes
 @needs_shapes
-def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
+@pytest.mark.parametrize('family', ['detr', 'rtdetr'])
+def test_ddp_two_cpu_processes_stay_in_sync(tmp_path, family):
     """`train` under torchrun with 2 CPU processes (gloo): after 3 DDP steps both hold identical parameters, changed from
     init; the logged losses are averaged; the checkpoint keeps one RNG state per process; evaluation split over the
     processes (5 val images, one repeated) gives the AP of a single-process evaluation of the same weights."""
     data = small_shapes_copy(tmp_path / 'shapes', n_train=12, n_val=5)
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone',
-           str(ROOT / 'tests' / 'engine_helpers.py'), str(data), str(tmp_path)]
+           str(ROOT / 'tests' / 'engine_helpers.py'), str(data), str(tmp_path), family]
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert '2 process(es)' in r.stdout
@@ -283,7 +284,7 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
         assert torch.equal(r0['params'][k], r1['params'][k]), k          # ... yet the copies are identical
     from detr_edu.engine import make_config, build_model, evaluate_checkpoint
     torch.manual_seed(42)                                               # rank 0's initial weights (seed + rank)
-    init = build_model(make_config({**TINY, 'num_classes': 7}))[0].state_dict()
+    init = build_model(make_config({**TINY, **FAMILIES[family], 'num_classes': 7}))[0].state_dict()
     assert any(not torch.equal(r0['params'][k], init[k]) for k in init if init[k].is_floating_point())   # they moved
     h0, h1 = r0['history'][-1], r1['history'][-1]
     assert h0['train_loss'] == h1['train_loss']                          # logged losses are averaged over processes
@@ -358,26 +359,37 @@ def _tiny_args(**kw):
     return args
 
 
+RTDETR_TINY = {'model': 'rtdetr', 'backbone': 'resnet18', 'dec_layers': 1, 'ema_warmups': 2}   # with TINY's sizes
+
+
 @needs_shapes
-def test_cli_train_resume_eval_predict(tmp_path):
+@pytest.mark.parametrize('extra', [{}, RTDETR_TINY], ids=['detr', 'rtdetr'])
+def test_cli_train_resume_eval_predict(tmp_path, extra):
     """`detr-edu train` writes a run folder; `train --resume` continues it exactly (the same losses and AP as an
     uninterrupted run); `eval` reproduces the last AP; `predict` writes the image with its boxes. In this process (the
-    same thread count for every run, so the numbers can be compared bit for bit); `test_cli_help` runs the entry point."""
+    same thread count for every run, so the numbers can be compared bit for bit); `test_cli_help` runs the entry point.
+    RT-DETR's run keeps an EMA (its recipe): resumed exactly too, and the weights `eval` and `predict` use."""
     from detr_edu.engine import train
     data = small_shapes_copy(tmp_path / 'shapes')
     run = tmp_path / 'run'
-    code, out, err = _main('train', '--data_path', data, '--output_dir', run, '--epochs', '1', *_tiny_args())
+    code, out, err = _main('train', '--data_path', data, '--output_dir', run, '--epochs', '1', *_tiny_args(**extra))
     assert code == 0, err[-3000:]
     assert {'checkpoint.pth', 'metrics.jsonl', 'loss_curve.png'} <= {p.name for p in run.iterdir()}
     rec = read_jsonl(run / 'metrics.jsonl')
     assert len(rec) == 1 and 0 <= rec[0]['test_AP'] <= 1 and math.isfinite(rec[0]['train_loss'])
     ck = torch.load(run / 'checkpoint.pth', weights_only=True)
-    assert ck['epoch'] == 0 and ck['config']['hidden_dim'] == 32 and ck['config']['model'] == 'detr'
-    code, out, err = _main('train', '--data_path', data, '--output_dir', run, '--epochs', '2', *_tiny_args(),
+    assert ck['epoch'] == 0 and ck['config']['hidden_dim'] == 32 and ck['config']['model'] == extra.get('model', 'detr')
+    assert ('ema' in ck) == bool(extra) and ck['config']['ema_decay'] == (0.9999 if extra else 0.0)   # the recipe's EMA
+    code, out, err = _main('train', '--data_path', data, '--output_dir', run, '--epochs', '2', *_tiny_args(**extra),
                            '--resume', run / 'checkpoint.pth')
     assert code == 0, err[-3000:]
     assert 'at epoch 1' in out and [x['epoch'] for x in read_jsonl(run / 'metrics.jsonl')] == [0, 1]
-    full = train(data_path=str(data), output_dir=str(tmp_path / 'full'), epochs=2, max_iters=2, **TINY)['history']
+    res = train(data_path=str(data), output_dir=str(tmp_path / 'full'), epochs=2, max_iters=2, **{**TINY, **extra})
+    full = res['history']
+    ck = torch.load(run / 'checkpoint.pth', weights_only=True)
+    if extra:   # the EMA continued exactly, and `train` returns it as the model
+        assert ck['ema']['updates'] == 4
+        for k, v in res['model'].state_dict().items(): assert torch.equal(ck['ema']['module'][k], v), k
     resumed = read_jsonl(run / 'metrics.jsonl')
     assert [x['train_loss'] for x in resumed] == [x['train_loss'] for x in full]
     assert resumed[-1]['test_AP'] == full[-1]['test_AP']
@@ -397,9 +409,9 @@ def test_cli_train_resume_eval_predict(tmp_path):
 @needs_shapes
 @pytest.mark.parametrize('model,extra', [('yolos', {}), ('deformable_detr', {'backbone': 'resnet18', 'dec_layers': 1})])
 def test_train_other_families(tmp_path, model, extra):
-    "Every registered family trains two iterations and evaluates through `train` (the CLI's code)."
+    "Every registered family trains two iterations and evaluates through `train` (the CLI's code); rtdetr: above."
     from detr_edu.engine import train, MODELS
-    assert model in MODELS and set(MODELS) == {'detr', 'yolos', 'deformable_detr'}
+    assert model in MODELS and set(MODELS) == {'detr', 'yolos', 'deformable_detr', 'rtdetr'}
     data = small_shapes_copy(tmp_path / 'shapes', n_train=2, n_val=2)
     hist = train(data_path=str(data), output_dir=str(tmp_path / 'run'), epochs=1, max_iters=2,
                  **{**TINY, 'model': model, **extra})['history']
