@@ -6,7 +6,7 @@ Docs: https://detr-edu.github.io/detr_edu/shapes_demo.html.md"""
 
 # %% ../nbs/16_shapes_demo.ipynb #714a7a64
 from __future__ import annotations
-import math, os, time
+import math, os, shutil, time
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +15,11 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .visualize import class_color, draw_boxes, pixel_boxes, to_display
+from .visualize import class_color, draw_boxes, pixel_boxes, to_display, write_figures
 
 # %% auto #0
 __all__ = ['SHAPES_DEMO_CONFIG', 'plot_predictions', 'plot_cross_attention', 'plot_matching', 'ensure_shapes_data',
-           'run_shapes_demo', 'class_names_of']
+           'snapshot_epochs_of', 'run_shapes_demo', 'class_names_of']
 
 # %% ../nbs/16_shapes_demo.ipynb #215b959a
 @torch.no_grad()
@@ -120,17 +120,34 @@ def ensure_shapes_data(data_path: str | os.PathLike = 'data/shapes', n_train: in
         make_shapes_dataset(data_path, n_train, n_val, seed)
     return Path(data_path)
 
-def run_shapes_demo(out_dir: str | os.PathLike = 'outputs', threshold: float = 0.3, **overrides) -> dict:
+def snapshot_epochs_of(epochs: int, snapshot_epochs: Sequence[int] | None = None) -> list[int]:
+    "The epoch counts after which the demo keeps a checkpoint: `snapshot_epochs`, default 1, 1/4 and 1/2 of `epochs`."
+    snaps = (1, epochs // 4, epochs // 2) if snapshot_epochs is None else snapshot_epochs
+    return sorted({int(e) for e in snaps if 0 < int(e) < epochs})
+
+def run_shapes_demo(out_dir: str | os.PathLike = 'outputs', threshold: float = 0.3,
+                    snapshot_epochs: Sequence[int] | None = None, **overrides) -> dict:
     """Train a small DETR on the shapes dataset (settings `SHAPES_DEMO_CONFIG`, changed by `overrides`), write the
     figures to `out_dir` (predictions above `threshold`) and print the COCO AP and AP50 of the last epoch.
-    Returns `train`'s result plus `stats` and `train_time`."""
+
+    The run stops after each of `snapshot_epochs` (`snapshot_epochs_of`) and goes on from its checkpoint (the engine
+    resumes exactly), keeping a copy `checkpoint_{epoch:04d}.pth` in the run folder for lesson 15's training-dynamics
+    grid. Besides this lesson's figures, `out_dir` gets lesson 15's (`write_figures`, `viz_*.png`) for the validation
+    image with the most objects. Returns `train`'s result plus `stats`, `train_time` and `figures` (`{name: path}`)."""
     from detr_edu.engine import train
     from detr_edu.engine import plot_history
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     cfg = {**SHAPES_DEMO_CONFIG, 'output_dir': str(out_dir / 'shapes_run'), **overrides}
     ensure_shapes_data(cfg['data_path'])
+    run_dir, resume = Path(cfg['output_dir']), cfg.get('resume') or ''
+    if not resume:                                   # a fresh run: no records or snapshots of an earlier one
+        for p in [run_dir / 'metrics.jsonl', *run_dir.glob('checkpoint_*.pth')]: p.unlink(missing_ok=True)
     t0 = time.time()
-    res = train(**cfg)
+    for e in snapshot_epochs_of(cfg['epochs'], snapshot_epochs):
+        train(**{**cfg, 'epochs': e, 'resume': resume})
+        shutil.copyfile(run_dir / 'checkpoint.pth', run_dir / f'checkpoint_{e - 1:04d}.pth')
+        resume = str(run_dir / 'checkpoint.pth')
+    res = train(**{**cfg, 'resume': resume})
     train_time = time.time() - t0
     model, ds_val, hist = res['model'].cpu(), res['datasets'][1], res['history']
     names = class_names_of(ds_val)
@@ -141,10 +158,11 @@ def run_shapes_demo(out_dir: str | os.PathLike = 'outputs', threshold: float = 0
     busiest = max(range(min(8, len(ds_val))), key=lambda i: len(ds_val[i][1]['labels']))   # the most objects
     img, tgt = ds_val[busiest]
     plot_matching(model, res['criterion'].matcher, img, tgt, class_names=names, path=out_dir / 'matching.png')
+    figures = write_figures(model, img, tgt, out_dir, res['criterion'].matcher, names, threshold, run_dir=run_dir)
     stats = {k[5:]: v for k, v in hist[-1].items() if k.startswith('test_')}
     print(f"shapes demo: {len(hist)} epochs in {train_time / 60:.1f} min; val COCO AP {stats.get('AP', float('nan')):.3f}, "
           f"AP50 {stats.get('AP50', float('nan')):.3f}; figures in {out_dir}/")
-    return {**res, 'stats': stats, 'train_time': train_time}
+    return {**res, 'stats': stats, 'train_time': train_time, 'figures': figures}
 
 def class_names_of(dataset) -> dict[int, str] | None:
     "`{category_id: name}` from a COCO-backed dataset (looking through `Subset`s), or None."

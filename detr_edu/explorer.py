@@ -14,9 +14,11 @@ import torch
 from torch import Tensor, nn
 
 from .visualize import (inspect_model, detections, class_scores, query_attention_map, encoder_attention_map,
-                                pixel_to_cell, plot_cost_matrices, plot_matched_pairs, plot_encoder_attention,
-                                to_display, draw_boxes, pixel_boxes, _overlay, _figure, match, run_checkpoints,
-                                load_detr_checkpoint)
+                                encoder_attention_grid, encoder_layers, pixel_to_cell, plot_cost_matrices,
+                                plot_matched_pairs, to_display, draw_boxes, pixel_boxes, _overlay, match,
+                                run_checkpoints, model_kind, prepare_image, load_model, default_matcher, num_classes_of,
+                                sampling_points, encoder_sampling_points, draw_sampling_points, reference_boxes,
+                                draw_reference_boxes, query_selection, plot_query_selection)
 
 # %% auto #0
 __all__ = ['VOILA_DENYLIST', 'figure_png', 'read_image', 'Explorer', 'explorer_from_args', 'explore_notebook', 'get_args_parser',
@@ -24,9 +26,9 @@ __all__ = ['VOILA_DENYLIST', 'figure_png', 'read_image', 'Explorer', 'explorer_f
 
 # %% ../nbs/18_explorer.ipynb #96df23b4
 def figure_png(fig, dpi: int = 72) -> bytes:
-    "PNG bytes of a matplotlib `Figure`."
+    "PNG bytes of a matplotlib `Figure` (fast, light compression: this runs on every redraw)."
     buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=dpi)
+    fig.savefig(buf, format='png', dpi=dpi, pil_kwargs={'compress_level': 1})
     return buf.getvalue()
 
 def read_image(data: bytes, max_size: int | None = 512) -> Tensor:
@@ -44,18 +46,64 @@ def read_image(data: bytes, max_size: int | None = 512) -> Tensor:
     return default_transform(img)
 
 # %% ../nbs/18_explorer.ipynb #4d19e77c
+def _has_ipympl() -> bool:
+    try:
+        import ipympl  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+def _fast_figure(ncols: int, width: float = 3.4, height: float = 2.9):
+    "A figure with `ncols` panels in a fixed layout (no `tight_layout`: it costs more than the drawing)."
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width * ncols, height), dpi=72)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.91, wspace=0.04)
+    return fig, axes
+
+def _empty(axes):
+    "Remove what was drawn on `axes` and keep the axes: making new ones costs more than drawing on them."
+    for ax in axes:
+        for art in [*ax.images, *ax.patches, *ax.lines, *ax.collections, *ax.texts]: art.remove()
+    return axes
+
+def _title(ax, text: str):
+    "A panel title placed as plain text (matplotlib's `set_title` re-measures the axes on every draw)."
+    ax.text(0.5, 1.01, text, transform=ax.transAxes, ha='center', va='bottom', fontsize=8)
+
+def _image_axes(ax, shown):
+    "Show `shown` (an `(H, W, 3)` colour or `(H, W)` grey array in [0, 1]) on `ax`, in pixel coordinates."
+    H, W = shown.shape[:2]
+    ax.imshow(shown, cmap='gray' if shown.ndim == 2 else None, extent=(0, W, H, 0))
+    ax.set_xlim(0, W); ax.set_ylim(H, 0); ax.axis('off')
+
+class _threads:
+    "Run a block with `n` torch threads (None: leave the setting alone), then restore the setting."
+    def __init__(self, n: int | None): self.n = n
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        if self.n and self.n != self.old: torch.set_num_threads(self.n)
+    def __exit__(self, *exc):
+        if torch.get_num_threads() != self.old: torch.set_num_threads(self.old)
+
 class Explorer:
-    """Interactive view of a detector's predictions, attention and matching (see the lesson for the widgets).
-    Show it with `display(explorer.widget)` (or just `explorer` as a cell's last line)."""
+    """Interactive view of a detector's predictions, attention (or sampling points) and matching; see the lesson for
+    the widgets. Show it with `display(explorer.widget)` (or just `explorer` as a cell's last line). `clicks`: draw
+    a clickable image with ipympl (default: when ipympl is installed). `num_threads`: torch threads for the forward
+    pass (default 1: one small image gains nothing from more, and on a busy machine more threads wait on each other;
+    None: torch's setting, for big models on big images)."""
     def __init__(self, model: nn.Module | str | os.PathLike | None, images, targets: Sequence[Mapping] | None = None,
                  class_names: Mapping[int, str] | None = None, matcher=None, checkpoints: Sequence = (),
-                 max_upload_size: int = 512, note: str = ''):
+                 max_upload_size: int = 512, note: str = '', clicks: bool | None = None, num_threads: int | None = 1):
         import ipywidgets as W
-        self.class_names, self.max_upload_size = class_names, max_upload_size
+        self.class_names, self.max_upload_size, self.num_threads = class_names, max_upload_size, num_threads
         self._source, self._targets, self._loaded, self._uploads = self._split(images, targets), targets, {}, []
+        self._prepared: dict[tuple, Tensor] = {}            # (image index, kind) -> the image the model takes
+        self._shown: dict[tuple, object] = {}               # (image index, kind, grey) -> the array drawn
         self.models: dict[str, tuple] = {}                  # name -> (model or None, matcher, path or None)
         self.cache: dict[tuple, dict] = {}                  # (model name, image index) -> inspect_model outputs
         self.view: dict = {}
+        self._figures: dict[str, tuple] = {}                # tab -> (figure, axes), drawn on again and again
         self._busy = False
         if isinstance(model, nn.Module): self.models['model'] = (model, matcher, None)
         elif model is not None: self.models[Path(model).name] = (None, None, Path(model))
@@ -69,22 +117,31 @@ class Explorer:
         self.query = W.Dropdown(description='query'); self.query.add_class('explorer-query')
         self.layer = W.Dropdown(description='layer'); self.layer.add_class('explorer-layer')
         self.head = W.Dropdown(description='head'); self.head.add_class('explorer-head')
+        self.level = W.Dropdown(options=[('all', None)], description='level'); self.level.add_class('explorer-level')
         self.pixel_y = W.IntSlider(0, min=0, max=1, description='pixel y')
         self.pixel_x = W.IntSlider(0, min=0, max=1, description='pixel x')
         self.query_image = W.Image(format='png'); self.query_image.add_class('explorer-attention')
         self.encoder_image = W.Image(format='png'); self.encoder_image.add_class('explorer-encoder')
         self.cost_image = W.Image(format='png'); self.pairs_image = W.Image(format='png')
+        self.selection_image = W.Image(format='png'); self.selection_image.add_class('explorer-selection')
         self.tabs = W.Tab(children=[
-            W.VBox([W.HBox([self.query, self.layer, self.head]), self.query_image]),
+            W.VBox([W.HBox([self.query, self.layer, self.head, self.level]), self.query_image]),
             W.VBox([W.HBox([self.pixel_y, self.pixel_x]), self.encoder_image]),
-            W.VBox([self.pairs_image, self.cost_image])])
-        for i, t in enumerate(['queries', 'encoder', 'matching']): self.tabs.set_title(i, t)
-        self.widget = W.VBox([W.HBox([self.image_index, self.model_select, self.threshold]), self.upload, self.message, self.tabs])
+            W.VBox([self.pairs_image, self.cost_image]),
+            W.VBox([self.selection_image])])
+        for i, t in enumerate(['queries', 'encoder', 'matching', 'query selection']): self.tabs.set_title(i, t)
+        self.clicks = _has_ipympl() if clicks is None else bool(clicks)
+        self.click_figure = self.click_canvas = None
+        if self.clicks: picker = self._make_click_canvas()
+        else: picker = W.HTML('<i>install ipympl to click on the image (a box: its query; elsewhere: the encoder '
+                              'there); the dropdowns and sliders do the same job</i>')
+        self.widget = W.VBox([W.HBox([self.image_index, self.model_select, self.threshold]), self.upload, self.message,
+                              picker, self.tabs])
         self.image_index.observe(lambda ch: self._new_forward(), 'value')
         self.model_select.observe(lambda ch: self._new_forward(), 'value')
         self.upload.observe(lambda ch: self._on_upload(ch['new']), 'value')
         self.threshold.observe(lambda ch: self._new_threshold(), 'value')
-        for w in (self.query, self.layer, self.head, self.pixel_y, self.pixel_x):
+        for w in (self.query, self.layer, self.head, self.level, self.pixel_y, self.pixel_x):
             w.observe(lambda ch: self.redraw(), 'value')
         self.tabs.observe(lambda ch: self.redraw(), 'selected_index')
         self._new_forward()
@@ -117,21 +174,24 @@ class Explorer:
 
     # --- state --------------------------------------------------------------------------------------------
     def _model(self):
-        "The selected `(model, matcher)`, loading a checkpoint the first time it is chosen (ValueError if it does not fit)."
+        "The selected `(model, matcher)`, loading a file the first time it is chosen (ValueError if it does not fit)."
         name = self.model_select.value
         if name is None: raise ValueError("no model: pass a model or a checkpoint")
         model, matcher, path = self.models[name]
         if model is None:
-            model, matcher, ck = load_detr_checkpoint(path)
-            nc = model.class_embed.out_features - 1
+            model, matcher, _ = load_model(path)
+            nc = num_classes_of(model)
             if self.class_names and max(self.class_names) >= nc:
                 raise ValueError(f"checkpoint {path.name} predicts {nc} classes, but the images' class ids go up to "
                                  f"{max(self.class_names)}: a checkpoint for other data")
             self.models[name] = (model, matcher, path)
         if matcher is None:
-            from detr_edu.matcher import HungarianMatcher
-            matcher = HungarianMatcher(1, 5, 2)
+            matcher = default_matcher(model_kind(model))
+            self.models[name] = (model, matcher, path)
         return model, matcher
+
+    @property
+    def kind(self) -> str: return model_kind(self._model()[0])
 
     @property
     def outputs(self) -> dict:
@@ -139,19 +199,32 @@ class Explorer:
         key = (self.model_select.value, self.image_index.value)
         if key not in self.cache:
             model, _ = self._model()
-            self.cache[key] = inspect_model(model, self.image)
+            with _threads(self.num_threads): self.cache[key] = inspect_model(model, self.image)
         return self.cache[key]
 
     @property
-    def image(self) -> Tensor: return self.item(self.image_index.value)[0]
+    def image(self) -> Tensor:
+        "The selected image as the selected model takes it (`prepare_image`: RT-DETR's sides are multiples of 32)."
+        key = (self.image_index.value, self.kind)
+        if key not in self._prepared:
+            self._prepared[key] = prepare_image(self.item(self.image_index.value)[0], key[1])
+        return self._prepared[key]
 
     @property
     def target(self) -> Mapping | None: return self.item(self.image_index.value)[1]
 
+    def shown(self, grey: bool = False):
+        "The selected image as drawn: `(H, W, 3)` array in [0, 1], or `(H, W)` grey (computed once per image)."
+        key = (self.image_index.value, self.kind, grey)
+        if key not in self._shown:
+            rgb = to_display(self.image)
+            self._shown[key] = rgb.mean(-1) if grey else rgb
+        return self._shown[key]
+
     def _error(self, msg: str, clear: bool = True):
         self.message.value = f'<span style="color:#b00">&#9888; {msg}</span>'
         if clear:
-            for w in (self.query_image, self.encoder_image, self.cost_image, self.pairs_image): w.value = b''
+            for w in (self.query_image, self.encoder_image, self.cost_image, self.pairs_image, self.selection_image): w.value = b''
             self.view = {'error': msg}
 
     # --- events -------------------------------------------------------------------------------------------
@@ -165,26 +238,33 @@ class Explorer:
         self.image_index.value = self.num_images - 1            # triggers the forward pass
 
     def _new_forward(self):
-        "A new image or model: one forward pass (cached), then new query / layer / head / pixel choices."
+        "A new image or model: one forward pass (cached), then new query / layer / head / level / pixel choices."
         if not self.num_images: return self._error("no images: the dataset is empty (pass images or upload one)")
         try: out = self.outputs
         except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e: return self._error(str(e))
-        if out['kind'] not in ('detr', 'yolos'):
-            return self._error(f"the explorer shows DETR and YOLOS models; for {out['kind']} use the figures of "
-                               "detr_edu.visualize (plot_sampling_points, plot_query_selection, ...)")
         self.message.value = self.message.value if self.message.value.startswith('<i>no checkpoint') else ''
         self._busy = True
         try:
-            n_layers = len(out['det_attentions']) if 'det_attentions' in out else len(out['attentions']['dec_cross'])
-            n_heads = (out['det_attentions'][0] if 'det_attentions' in out else out['attentions']['dec_cross'][0]).shape[1]
+            if out['kind'] in ('deformable_detr', 'rtdetr'):
+                dec = out['attentions']['decoder']
+                n_layers, n_heads = len(dec), dec[0]['sampling_locations'].shape[2]
+                self.level.options = [('all', None)] + [(str(l), l) for l in range(len(out['attentions']['spatial_shapes']))]
+                self.level.layout.display = None
+            else:
+                n_layers = len(out['det_attentions']) if 'det_attentions' in out else len(out['attentions']['dec_cross'])
+                n_heads = (out['det_attentions'][0] if 'det_attentions' in out else out['attentions']['dec_cross'][0]).shape[1]
+                self.level.options = [('all', None)]; self.level.layout.display = 'none'
+            self.level.value = None
             self.layer.options = [(f'{l}', l) for l in range(n_layers)]; self.layer.value = n_layers - 1
-            self.head.options = [('mean', None)] + [(str(h), h) for h in range(n_heads)]; self.head.value = None
+            self.head.options = [('mean' if out['kind'] in ('detr', 'yolos') else 'all', None)] + [(str(h), h) for h in range(n_heads)]
+            self.head.value = None
             self._set_query_options()
             H, W = out['image_size']
             self.pixel_y.max, self.pixel_x.max = H - 1, W - 1
             self.pixel_y.value, self.pixel_x.value = min(self.pixel_y.value, H - 1), min(self.pixel_x.value, W - 1)
         finally:
             self._busy = False
+        self._draw_click_figure()
         self.redraw()
 
     def _set_query_options(self):
@@ -202,7 +282,62 @@ class Explorer:
         self._busy = True
         try: self._set_query_options()
         finally: self._busy = False
+        self._draw_click_figure()
         self.redraw()
+
+    # --- clicks ---------------------------------------------------------------------------------------------
+    def _make_click_canvas(self):
+        "An ipympl canvas (a widget) with the image and its detections; clicks go to `_on_canvas_click`."
+        from matplotlib.figure import Figure
+        from ipympl.backend_nbagg import Canvas, FigureManager
+        self.click_figure, _ = _fast_figure(1)
+        self.click_canvas = Canvas(self.click_figure)
+        FigureManager(self.click_canvas, 0)
+        self.click_canvas.header_visible = self.click_canvas.toolbar_visible = self.click_canvas.footer_visible = False
+        self.click_canvas.resizable = False
+        self.click_canvas.mpl_connect('button_press_event', self._on_canvas_click)
+        self.click_canvas.add_class('explorer-click')
+        return self.click_canvas
+
+    def _draw_click_figure(self):
+        if self.click_figure is None or not self.num_images: return
+        try: out = self.outputs
+        except (ValueError, TypeError, FileNotFoundError, RuntimeError): return
+        ax, = _empty(self.click_figure.axes)
+        _image_axes(ax, self.shown())
+        det = detections(out, self.threshold.value)
+        draw_boxes(ax, det['boxes'], det['labels'], det['scores'], self.class_names)
+        _title(ax, 'click a box: its query; elsewhere: the encoder there')
+        self.click_canvas.draw_idle()
+
+    def _on_canvas_click(self, event):
+        "matplotlib `button_press_event` on the click canvas -> `click(x, y)`."
+        if event.inaxes is None or event.xdata is None or event.ydata is None: return
+        self.click(event.xdata, event.ydata)
+
+    def click(self, x: float, y: float) -> str:
+        """What a click at pixel `(x, y)` of the image does: inside the box of a detection (above the threshold; the
+        smallest box if several hold the point) it selects that query and shows the queries tab (returns 'query');
+        elsewhere it moves the encoder pixel there and shows the encoder tab (returns 'pixel')."""
+        det = detections(self.outputs, self.threshold.value)
+        b = det['boxes']
+        inside = (b[:, 0] <= x) & (x <= b[:, 2]) & (b[:, 1] <= y) & (y <= b[:, 3])
+        if inside.any():
+            area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+            k = int(torch.where(inside, area, torch.full_like(area, float('inf'))).argmin())
+            self._busy = True
+            try: self.query.value = int(det['queries'][k])
+            finally: self._busy = False
+            if self.tabs.selected_index != 0: self.tabs.selected_index = 0      # redraws
+            else: self.redraw()
+            return 'query'
+        H, W = self.outputs['image_size']
+        self._busy = True
+        try: self.pixel_y.value, self.pixel_x.value = min(max(int(y), 0), H - 1), min(max(int(x), 0), W - 1)
+        finally: self._busy = False
+        if self.tabs.selected_index != 1: self.tabs.selected_index = 1
+        else: self.redraw()
+        return 'pixel'
 
     # --- drawing ------------------------------------------------------------------------------------------
     def redraw(self):
@@ -211,37 +346,77 @@ class Explorer:
         try: out = self.outputs
         except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e: return self._error(str(e))
         tab = self.tabs.selected_index or 0
-        if tab == 0: self._draw_queries(out)
-        elif tab == 1: self._draw_encoder(out)
-        else: self._draw_matching(out)
+        try:
+            if tab == 0: self._draw_queries(out)
+            elif tab == 1: self._draw_encoder(out)
+            elif tab == 2: self._draw_matching(out)
+            else: self._draw_selection(out)
+        except ValueError as e: return self._error(str(e), clear=False)
         self.view.pop('error', None)
 
+    def _panels(self, name: str, ncols: int = 2):
+        "The figure and axes of view `name`, made once and emptied for each redraw."
+        if name not in self._figures: self._figures[name] = _fast_figure(ncols)
+        fig, axes = self._figures[name]
+        return fig, _empty(axes)
+
     def _draw_queries(self, out):
-        q, layer, head = self.query.value, self.layer.value, self.head.value
-        amap = query_attention_map(out, q, layer, head)
+        q, layer, head, level = self.query.value, self.layer.value, self.head.value, self.level.value
         det = detections(out, self.threshold.value)
-        fig, axes = _figure(1, 2, 3.4, 2.9)
-        axes[0, 0].imshow(to_display(self.image)); axes[0, 0].axis('off')
-        draw_boxes(axes[0, 0], det['boxes'], det['labels'], det['scores'], self.class_names)
+        fig, axes = self._panels('queries')
+        _image_axes(axes[0], self.shown())
+        draw_boxes(axes[0], det['boxes'], det['labels'], det['scores'], self.class_names)
         qbox = pixel_boxes(out['pred_boxes'][0, q:q + 1], out['image_size'])
-        draw_boxes(axes[0, 0], qbox, None, None, None, color='white', dashed=True, lw=2)
-        axes[0, 0].set_title(f'detections > {self.threshold.value:.2f}; query {q} dashed', fontsize=8)
-        _overlay(axes[0, 1], self.image, amap, out['stride'],
-                 f"query {q}, layer {layer}, {'mean of heads' if head is None else f'head {head}'}")
-        draw_boxes(axes[0, 1], qbox, None, None, None, color='white', dashed=True)
-        fig.tight_layout()
-        self.view.update(query=q, layer=layer, head=head, query_attention=amap, detections=det)
+        draw_boxes(axes[0], qbox, None, None, None, color='white', dashed=True, lw=2)
+        self.view.update(query=q, layer=layer, head=head, level=level, detections=det)
+        if out['kind'] in ('detr', 'yolos'):
+            _title(axes[0], f'detections > {self.threshold.value:.2f}; query {q} dashed')
+            amap = query_attention_map(out, q, layer, head)
+            _overlay(axes[1], self.shown(grey=True), amap, out['stride'])
+            _title(axes[1], f"query {q}, layer {layer}, {'mean of heads' if head is None else f'head {head}'}")
+            self.view['query_attention'] = amap
+        else:                                            # sampling points, and the reference box after each layer
+            refs = reference_boxes(out, q)
+            draw_reference_boxes(axes[0], refs, out['image_size'])
+            _title(axes[0], f'query {q} dashed; its reference boxes red -> dark')
+            _image_axes(axes[1], self.shown(grey=True))
+            sp = sampling_points(out, q, layer)
+            drawn = draw_sampling_points(axes[1], sp, head, level)
+            draw_boxes(axes[1], qbox, None, None, None, color='white', dashed=True)
+            draw_reference_boxes(axes[1], refs[layer:layer + 1], out['image_size'])   # the box this layer sampled around
+            _title(axes[1], f"query {q}, layer {layer}, {'all heads' if head is None else f'head {head}'}, "
+                            f"{'all levels' if level is None else f'level {level}'}")
+            self.view.update(query_attention=None, sampling_points=drawn, reference_boxes=refs)
         self.query_image.value = figure_png(fig)
 
     def _draw_encoder(self, out):
-        if out['kind'] != 'detr':
-            self.encoder_image.value = b''; self.view['encoder_attention'] = None
-            self.message.value = f"<i>{out['kind']} has no DETR encoder self-attention to show</i>"; return
         y, x = self.pixel_y.value, self.pixel_x.value
-        cell = pixel_to_cell(y, x, out['stride'], out['feature_size'])
-        layer = min(self.layer.value, len(out['attentions']['enc_self']) - 1)
-        fig = plot_encoder_attention(self.image, out, [(y, x)], layer, self.head.value)
-        self.view.update(cell=cell, encoder_attention=encoder_attention_map(out, cell, layer, self.head.value))
+        fig, axes = self._panels('encoder')
+        _image_axes(axes[0], self.shown())
+        axes[0].plot([x], [y], 'o', ms=7, mfc='white', mec='black')
+        _title(axes[0], f'pixel (y={y}, x={x})')
+        if out['kind'] == 'deformable_detr':
+            layer = self.layer.value % len(out['attentions']['encoder'])
+            sp = encoder_sampling_points(out, (y, x), layer, level=0)
+            _image_axes(axes[1], self.shown(grey=True))
+            drawn = draw_sampling_points(axes[1], sp, self.head.value, self.level.value)
+            axes[1].plot([x], [y], 'o', ms=7, mfc='white', mec='black')
+            _title(axes[1], f"encoder layer {layer}: level-0 token {sp['cell']} samples")
+            self.view.update(cell=sp['cell'], encoder_attention=None, encoder_points=drawn)
+        else:
+            n_enc = encoder_layers(out)
+            if not n_enc:
+                self.encoder_image.value = b''; self.view['encoder_attention'] = None
+                self.message.value = f"<i>{out['kind']} has no DETR encoder self-attention to show</i>"; return
+            layer = min(self.layer.value, n_enc - 1)
+            att, size, stride = encoder_attention_grid(out, layer)
+            head = self.head.value if self.head.value is None or self.head.value < att.shape[0] else None
+            cell = pixel_to_cell(y, x, stride, size)
+            amap = encoder_attention_map(out, cell, layer, head)
+            _overlay(axes[1], self.shown(grey=True), amap, stride)
+            axes[1].plot([x], [y], 'o', ms=7, mfc='white', mec='black')
+            _title(axes[1], f"encoder layer {layer}, cell {cell}, {'mean of heads' if head is None else f'head {head}'}")
+            self.view.update(cell=cell, encoder_attention=amap)
         self.encoder_image.value = figure_png(fig)
 
     def _draw_matching(self, out):
@@ -252,6 +427,13 @@ class Explorer:
         self.view['match'] = match(out, self.target, matcher)
         self.pairs_image.value = figure_png(plot_matched_pairs(self.image, out, self.target, matcher, self.class_names))
         self.cost_image.value = figure_png(plot_cost_matrices(out, self.target, matcher, self.class_names))
+
+    def _draw_selection(self, out):
+        if out['kind'] != 'rtdetr':
+            self.selection_image.value = b''; self.view['query_selection'] = None
+            self.message.value = f"<i>query selection is RT-DETR's; {out['kind']} has none</i>"; return
+        self.view['query_selection'] = query_selection(out, self.target)
+        self.selection_image.value = figure_png(plot_query_selection(self.image, out, self.target))
 
 # %% ../nbs/18_explorer.ipynb #8b620ebe
 def _load_dataset(data, max_size: int, max_images: int):

@@ -19,12 +19,14 @@ from .data import IMAGENET_MEAN, IMAGENET_STD, denormalize_boxes
 
 # %% auto #0
 __all__ = ['COLORS', 'class_color', 'to_display', 'pixel_boxes', 'draw_boxes', 'model_kind', 'feature_stride', 'inspect_model',
-           'class_scores', 'detections', 'plot_predictions', 'pixel_to_cell', 'encoder_attention_map',
-           'query_attention_map', 'plot_encoder_attention', 'top_queries', 'plot_query_attention', 'match',
-           'plot_cost_matrices', 'plot_matched_pairs', 'assignments_across_layers', 'plot_assignments_across_layers',
-           'run_checkpoints', 'load_detr_checkpoint', 'plot_checkpoint_grid', 'read_metrics', 'plot_loss_curves',
-           'sampling_points', 'plot_sampling_points', 'reference_boxes', 'plot_reference_refinement', 'query_selection',
-           'plot_query_selection', 'write_figures']
+           'class_scores', 'detections', 'plot_predictions', 'pixel_to_cell', 'encoder_attention_grid',
+           'encoder_layers', 'encoder_attention_map', 'query_attention_map', 'plot_encoder_attention', 'top_queries',
+           'plot_query_attention', 'match', 'plot_cost_matrices', 'plot_matched_pairs', 'assignments_across_layers',
+           'plot_assignments_across_layers', 'run_checkpoints', 'load_detr_checkpoint', 'plot_checkpoint_grid',
+           'read_metrics', 'plot_loss_curves', 'prepare_image', 'sampling_points', 'encoder_sampling_points',
+           'draw_sampling_points', 'plot_sampling_points', 'reference_boxes', 'draw_reference_boxes',
+           'plot_reference_refinement', 'query_selection', 'plot_query_selection', 'default_matcher', 'num_classes_of',
+           'official_kind', 'load_model', 'write_figures']
 
 # %% ../nbs/15_visualize.ipynb #10a5dd07
 COLORS = ['#e6194b', '#3cb44b', '#4363d8', '#f58231', '#911eb4', '#42d4f4', '#f032e6', '#bfef45', '#469990', '#9a6324']
@@ -164,15 +166,37 @@ def pixel_to_cell(y: float, x: float, stride: int, feature_size) -> tuple[int, i
     h, w = feature_size
     return min(max(int(y // stride), 0), h - 1), min(max(int(x // stride), 0), w - 1)
 
+def encoder_attention_grid(outputs: Mapping, layer: int = -1, batch: int = 0) -> tuple[Tensor, tuple[int, int], int | None]:
+    """The encoder self-attention of `layer` as `(att (heads, h*w, h*w), (h, w), stride)`: DETR's encoder over its
+    feature map (`attentions['enc_self']`), or RT-DETR's AIFI layer over the stride-32 map (`attentions['encoder']`).
+    Rows and columns are the cells in row-major order. `stride` is None when `outputs` does not say (not from
+    `inspect_model`). A ValueError for models with no such attention (YOLOS; Deformable DETR samples points instead:
+    `encoder_sampling_points`)."""
+    att = outputs.get('attentions')
+    if isinstance(att, Mapping) and 'enc_self' in att:
+        return (_layer(att['enc_self'], layer, 'encoder_attention_map')[batch], tuple(att['feature_size']),
+                outputs.get('stride'))
+    if isinstance(att, Mapping) and att.get('encoder') and 'self_attn' in att['encoder'][0]:      # RT-DETR's AIFI
+        e = _layer(att['encoder'], layer, 'encoder_attention_map')
+        h, w = (int(v) for v in e['spatial_shape'])
+        stride = feature_stride(outputs['image_size'][0], h) if 'image_size' in outputs else None
+        return e['self_attn'][batch], (h, w), stride
+    raise ValueError("encoder_attention_map: `outputs` has no DETR encoder self-attention ('attentions'/'enc_self', or "
+                     "RT-DETR's AIFI 'encoder'); use inspect_model on a DETR or RTDETR")
+
+def encoder_layers(outputs: Mapping) -> int:
+    "How many encoder layers `outputs` holds attention for (0 if none)."
+    att = outputs.get('attentions')
+    if not isinstance(att, Mapping): return 0
+    return len(att.get('enc_self', att.get('encoder', [])))
+
 def encoder_attention_map(outputs: Mapping, cell, layer: int = -1, head: int | None = None, batch: int = 0) -> Tensor:
-    """DETR encoder self-attention of feature `cell = (row, col)` in `layer`: `(h, w)` weights over the feature
-    map (mean over heads, or `head`). `outputs` from `inspect_model` (or `DETR(..., return_attention=True)`)."""
-    if 'attentions' not in outputs or 'enc_self' not in outputs['attentions']:
-        raise ValueError("encoder_attention_map: `outputs` has no DETR encoder attention ('attentions'/'enc_self')")
-    h, w = outputs['attentions']['feature_size']
+    """Encoder self-attention of feature `cell = (row, col)` in `layer`: `(h, w)` weights over the encoder's feature
+    map (mean over heads, or `head`); DETR or RT-DETR (see `encoder_attention_grid`). `outputs` from `inspect_model`
+    (or `DETR(..., return_attention=True)`)."""
+    att, (h, w), _ = encoder_attention_grid(outputs, layer, batch)
     r, c = cell
     if not (0 <= r < h and 0 <= c < w): raise ValueError(f"encoder_attention_map: `cell` must be inside the {h}x{w} feature map, got {tuple(cell)}")
-    att = _layer(outputs['attentions']['enc_self'], layer, 'encoder_attention_map')[batch]     # (heads, HW, HW)
     return _head_reduce(att[:, r * w + c], head, 'encoder_attention_map').reshape(h, w).detach().cpu()
 
 def query_attention_map(outputs: Mapping, query: int, layer: int = -1, head: int | None = None, batch: int = 0) -> Tensor:
@@ -191,24 +215,28 @@ def query_attention_map(outputs: Mapping, query: int, layer: int = -1, head: int
     if not 0 <= query < att.shape[1]: raise ValueError(f"query_attention_map: `query` must be in [0, {att.shape[1]}), got {query}")
     return _head_reduce(att[:, query], head, 'query_attention_map').detach().cpu()
 
-def _overlay(ax, image: Tensor, amap: Tensor, stride: int, title: str = ''):
-    "Grey image with the `(h, w)` attention map over it, each cell covering `stride` pixels."
-    H, W = image.shape[-2:]; h, w = amap.shape
-    ax.imshow(to_display(image).mean(-1), cmap='gray', extent=(0, W, H, 0))
+def _overlay(ax, image, amap: Tensor, stride: int, title: str = ''):
+    """Grey image (a normalised `(3, H, W)` tensor, or its `(H, W)` grey array in [0, 1]) with the `(h, w)` attention
+    map over it, each cell covering `stride` pixels."""
+    grey = image if isinstance(image, np.ndarray) else to_display(image).mean(-1)
+    (H, W), (h, w) = grey.shape, amap.shape
+    ax.imshow(grey, cmap='gray', extent=(0, W, H, 0))
     ax.imshow(amap.numpy(), cmap='inferno', alpha=0.7, extent=(0, w * stride, h * stride, 0), interpolation='nearest')
     ax.set_xlim(0, W); ax.set_ylim(H, 0); ax.set_title(title, fontsize=8); ax.axis('off')
 
 def plot_encoder_attention(image: Tensor, outputs: Mapping, pixels: Sequence, layer: int = -1,
                            head: int | None = None) -> Figure:
     """The image with the chosen `pixels` `[(y, x), ...]` marked, then, for each, the encoder self-attention of
-    its feature cell in `layer` (mean over heads or `head`) over the image. `outputs` from `inspect_model`."""
+    its feature cell in `layer` (mean over heads or `head`) over the image. `outputs` from `inspect_model`
+    (DETR, or RT-DETR: its AIFI layer on the stride-32 map)."""
+    _, size, stride = encoder_attention_grid(outputs, layer)
     fig, axes = _figure(1, len(pixels) + 1)
     axes[0, 0].imshow(to_display(image)); axes[0, 0].set_title('image', fontsize=8); axes[0, 0].axis('off')
     for k, (y, x) in enumerate(pixels):
-        cell = pixel_to_cell(y, x, outputs['stride'], outputs['feature_size'])
+        cell = pixel_to_cell(y, x, stride, size)
         axes[0, 0].plot([x], [y], 'o', ms=6, mfc=class_color(k), mec='white')
         amap = encoder_attention_map(outputs, cell, layer, head)
-        _overlay(axes[0, k + 1], image, amap, outputs['stride'], f'pixel ({y}, {x}) -> cell {cell}')
+        _overlay(axes[0, k + 1], image, amap, stride, f'pixel ({y}, {x}) -> cell {cell}')
         axes[0, k + 1].plot([x], [y], 'o', ms=6, mfc=class_color(k), mec='white')
     fig.tight_layout()
     return fig
@@ -336,8 +364,9 @@ def run_checkpoints(run_dir) -> list[Path]:
 
 def load_detr_checkpoint(path, device='cpu') -> tuple[nn.Module, nn.Module, dict]:
     """`(model in eval mode, matcher, checkpoint dict)` from a `detr-edu train` checkpoint: the model is rebuilt
-    from the stored config (`engine.build_model`) and loaded strictly; a ValueError names what does not fit."""
-    from detr_edu.engine import make_config, build_model, TrainConfig
+    from the stored config (`engine.build_model`) and loaded strictly with the evaluated weights (the moving average's
+    when the run kept one, as RT-DETR's recipe does); a ValueError names what does not fit."""
+    from detr_edu.engine import make_config, build_model, TrainConfig, checkpoint_weights
     from dataclasses import fields
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"load_detr_checkpoint: `path` {str(path)!r} is not a file")
@@ -347,7 +376,7 @@ def load_detr_checkpoint(path, device='cpu') -> tuple[nn.Module, nn.Module, dict
         raise ValueError(f"load_detr_checkpoint: {str(path)!r} was not written by detr-edu train (no 'model'/'config')")
     known = {f.name for f in fields(TrainConfig)}
     model, criterion, _ = build_model(make_config({k: v for k, v in ck['config'].items() if k in known}))
-    try: model.load_state_dict(ck['model'])
+    try: model.load_state_dict(checkpoint_weights(ck))   # the EMA's weights when the run kept one (what it evaluated)
     except RuntimeError as e: raise ValueError(f"load_detr_checkpoint: {str(path)!r} does not fit the model of its config: {e}") from None
     return model.to(device).eval(), criterion.matcher, ck
 
@@ -402,53 +431,107 @@ def plot_loss_curves(run_dir_or_history, keys: Sequence[str] | None = None) -> F
     return fig
 
 # %% ../nbs/15_visualize.ipynb #3401f8e6
+def prepare_image(image: Tensor, kind: str, multiple: int = 32) -> Tensor:
+    """The normalised `(3, H, W)` image a model of `kind` can take: RT-DETR needs sides that are multiples of
+    `multiple`, so its image is resized (bilinear) to the nearest multiples (at least `multiple`); other kinds get
+    `image` back unchanged. Normalised boxes stay valid: they are fractions of the image, whatever its size."""
+    image = _check_image(image, 'prepare_image')
+    if kind != 'rtdetr': return image
+    H, W = image.shape[-2:]
+    size = [max(multiple, int(round(s / multiple)) * multiple) for s in (H, W)]
+    if size == [H, W]: return image
+    return torch.nn.functional.interpolate(image[None].float(), size=size, mode='bilinear', align_corners=False)[0]
+
 def _inspect_deformable(model, x, kind):
-    "Deformable DETR: outputs with attention; RT-DETR: outputs with the selected queries and every layer's boxes."
+    "Deformable DETR: outputs with attention; RT-DETR: also the selected queries and every layer's boxes."
     H, W = x.shape[-2:]
     if kind == 'deformable_detr':
         out = model([x], return_attention=True)
         return out, tuple(int(v) for v in out['attentions']['spatial_shapes'][0])
     if H % 32 or W % 32:
-        raise ValueError(f"inspect_model: RT-DETR needs image sides that are multiples of 32, got {(int(H), int(W))}")
+        raise ValueError(f"inspect_model: RT-DETR needs image sides that are multiples of 32, got {(int(H), int(W))} "
+                         "(prepare_image resizes)")
     x01 = x * torch.tensor(IMAGENET_STD, device=x.device)[:, None, None] + torch.tensor(IMAGENET_MEAN, device=x.device)[:, None, None]
-    out = model(x01.clamp(0, 1)[None], return_intermediate=True)        # RT-DETR wants [0, 1] pixels, no mean/std
+    out = model(x01.clamp(0, 1)[None], return_intermediate=True, return_attention=True)   # [0, 1] pixels, no mean/std
     return out, (H // 8, W // 8)
 
+def _points(outputs: Mapping, att_layer: Mapping, index: int, batch: int, who: str) -> dict[str, Tensor]:
+    "Sampling points of token/query `index` of one attention layer dict, in pixels and in each level's cell units."
+    loc = att_layer['sampling_locations'][batch].detach().cpu()
+    w = att_layer['attention_weights'][batch].detach().cpu()
+    if not 0 <= index < loc.shape[0]: raise ValueError(f"{who}: `query` must be in [0, {loc.shape[0]}), got {index}")
+    H, W = outputs['image_size']
+    shapes = outputs['attentions']['spatial_shapes'].cpu()
+    wh = shapes.flip(-1).to(loc.dtype)                                   # (L, 2) as (W_l, H_l)
+    return {'xy': loc[index] * torch.tensor([W, H], dtype=loc.dtype), 'grid_xy': loc[index] * wh[None, :, None],
+            'weights': w[index], 'spatial_shapes': shapes}
+
+def _deformable_attentions(outputs: Mapping, part: str, who: str) -> list:
+    att = outputs.get('attentions')
+    if not isinstance(att, Mapping) or not att.get(part) or 'sampling_locations' not in att[part][0]:
+        raise ValueError(f"{who}: `outputs` holds no deformable {part} attention (use inspect_model on a "
+                         f"DeformableDETR{' or RTDETR' if part == 'decoder' else ''})")
+    return att[part]
+
 def sampling_points(outputs: Mapping, query: int, layer: int = -1, batch: int = 0) -> dict[str, Tensor]:
-    """The decoder sampling points of `query` in `layer` (Deformable DETR, from `inspect_model`):
+    """The decoder sampling points of `query` in `layer` (Deformable DETR or RT-DETR, from `inspect_model`):
     `{'xy' (heads, L, K, 2) pixels (x, y) of the image, 'grid_xy' (heads, L, K, 2) in each level's (W_l, H_l)
     cell units, 'weights' (heads, L, K), 'spatial_shapes' (L, 2)}`."""
-    att = outputs.get('attentions')
-    if not isinstance(att, Mapping) or 'decoder' not in att:
-        raise ValueError("sampling_points: `outputs` holds no deformable decoder attention (use inspect_model on a DeformableDETR)")
-    dec = _layer(att['decoder'], layer, 'sampling_points')
-    loc, w = dec['sampling_locations'][batch].detach().cpu(), dec['attention_weights'][batch].detach().cpu()
-    if not 0 <= query < loc.shape[0]: raise ValueError(f"sampling_points: `query` must be in [0, {loc.shape[0]}), got {query}")
-    H, W = outputs['image_size']
-    shapes = att['spatial_shapes'].cpu()
-    wh = shapes.flip(-1).to(loc.dtype)                                   # (L, 2) as (W_l, H_l)
-    return {'xy': loc[query] * torch.tensor([W, H], dtype=loc.dtype), 'grid_xy': loc[query] * wh[None, :, None],
-            'weights': w[query], 'spatial_shapes': shapes}
+    dec = _layer(_deformable_attentions(outputs, 'decoder', 'sampling_points'), layer, 'sampling_points')
+    return _points(outputs, dec, query, batch, 'sampling_points')
 
-def plot_sampling_points(image: Tensor, outputs: Mapping, query: int, layer: int = -1, max_area: float = 120.) -> Figure:
-    """`query`'s sampling points in decoder `layer` over the image (one colour per head, marker area proportional to
-    the attention weight, its predicted box dashed) and over each level's feature map (one panel per level)."""
+def encoder_sampling_points(outputs: Mapping, pixel, layer: int = -1, level: int = 0, batch: int = 0) -> dict[str, Tensor]:
+    """Deformable DETR's encoder has no attention map: each token samples points. This is what the token of feature
+    `level` under `pixel = (y, x)` samples in encoder `layer`: `sampling_points`' dict plus `'cell'` `(row, col)`
+    on that level and `'token'`, its index in the flattened sequence of all levels."""
+    enc = _layer(_deformable_attentions(outputs, 'encoder', 'encoder_sampling_points'), layer, 'encoder_sampling_points')
+    att = outputs['attentions']
+    shapes = att['spatial_shapes'].cpu()
+    if not 0 <= level < len(shapes): raise ValueError(f"encoder_sampling_points: `level` must be in [0, {len(shapes)}), got {level}")
+    h, w = shapes[level].tolist()
+    stride = feature_stride(outputs['image_size'][0], h)
+    r, c = pixel_to_cell(pixel[0], pixel[1], stride, (h, w))
+    token = int(att['level_start_index'][level]) + r * w + c
+    return {**_points(outputs, enc, token, batch, 'encoder_sampling_points'), 'cell': (r, c), 'token': token}
+
+def draw_sampling_points(ax, points: Mapping, head: int | None = None, level: int | None = None,
+                         max_area: float = 120., on_level: int | None = None) -> dict[str, Tensor]:
+    """Draw `points` (from `sampling_points`) on `ax`: one scatter per head in the head's colour, marker area
+    `max_area * weight`. `head` / `level` keep one head / one feature level. Positions are image pixels, or with
+    `on_level=l` level l's cell units (then only level l). Returns the drawn data, in drawing order:
+    `{'xy' (n, 2), 'weights' (n,), 'heads' (n,), 'levels' (n,)}`."""
+    nh, L, K = points['weights'].shape
+    if head is not None and not 0 <= head < nh: raise ValueError(f"draw_sampling_points: `head` must be in [0, {nh}) or None, got {head}")
+    level = on_level if on_level is not None else level
+    if level is not None and not 0 <= level < L: raise ValueError(f"draw_sampling_points: `level` must be in [0, {L}) or None, got {level}")
+    xy_all = points['grid_xy'] if on_level is not None else points['xy']
+    levels = range(L) if level is None else [level]
+    drawn = {'xy': [], 'weights': [], 'heads': [], 'levels': []}
+    for hd in (range(nh) if head is None else [head]):
+        xy = xy_all[hd, list(levels)].reshape(-1, 2); wt = points['weights'][hd, list(levels)].reshape(-1)
+        ax.scatter(xy[:, 0].numpy(), xy[:, 1].numpy(), s=(max_area * wt).numpy(), color=class_color(hd), alpha=0.8,
+                   edgecolors='white', linewidths=0.3, label=f'head {hd}')
+        drawn['xy'].append(xy); drawn['weights'].append(wt)
+        drawn['heads'].append(torch.full((len(wt),), hd)); drawn['levels'].append(torch.tensor(list(levels)).repeat_interleave(K))
+    return {k: torch.cat(v) for k, v in drawn.items()}
+
+def plot_sampling_points(image: Tensor, outputs: Mapping, query: int, layer: int = -1, max_area: float = 120.,
+                         head: int | None = None) -> Figure:
+    """`query`'s sampling points in decoder `layer` over the image (one colour per head, or only `head`; marker area
+    proportional to the attention weight; its predicted box dashed) and over each level's feature map (one panel per
+    level). Deformable DETR or RT-DETR."""
     sp = sampling_points(outputs, query, layer)
-    nh, L = sp['weights'].shape[:2]
+    L = sp['weights'].shape[1]
     fig, axes = _figure(1, L + 1, 2.0, 2.0)
     ax = axes[0, 0]; ax.imshow(to_display(image))
-    for hd in range(nh):
-        ax.scatter(sp['xy'][hd, ..., 0].flatten().numpy(), sp['xy'][hd, ..., 1].flatten().numpy(),
-                   s=(max_area * sp['weights'][hd]).flatten().numpy(), color=class_color(hd), alpha=0.8, label=f'head {hd}')
+    draw_sampling_points(ax, sp, head, max_area=max_area)
     draw_boxes(ax, pixel_boxes(outputs['pred_boxes'][0, query:query + 1], outputs['image_size']), None, None, None, color='white', dashed=True)
     H, W = outputs['image_size']
     ax.set_xlim(0, W); ax.set_ylim(H, 0); ax.set_title(f'query {query}, layer {layer}', fontsize=8); ax.axis('off')
     for l in range(L):
         ax = axes[0, l + 1]; h_l, w_l = sp['spatial_shapes'][l].tolist()
         ax.imshow(np.zeros((h_l, w_l)), cmap='gray_r', vmin=0, vmax=1, extent=(0, w_l, h_l, 0))
-        for hd in range(nh):
-            ax.scatter(sp['grid_xy'][hd, l, :, 0].numpy(), sp['grid_xy'][hd, l, :, 1].numpy(),
-                       s=(max_area * sp['weights'][hd, l]).numpy(), color=class_color(hd), alpha=0.8)
+        draw_sampling_points(ax, sp, head, max_area=max_area, on_level=l)
         ax.set_xticks(np.arange(w_l + 1)); ax.set_yticks(np.arange(h_l + 1)); ax.grid(color='0.8', lw=0.5)
         ax.set_xticklabels([]); ax.set_yticklabels([]); ax.tick_params(length=0)
         ax.set_xlim(0, w_l); ax.set_ylim(h_l, 0); ax.set_title(f'level {l}: {h_l}x{w_l}', fontsize=8)
@@ -467,19 +550,24 @@ def reference_boxes(outputs: Mapping, query: int, batch: int = 0) -> Tensor:
         raise ValueError("reference_boxes: `outputs` has no 'reference_points' (Deformable DETR) or 'intermediate_boxes' (RT-DETR)")
     return torch.stack([torch.cat([r, r.new_zeros(2)]) if r.numel() == 2 else r for r in refs])
 
+def draw_reference_boxes(ax, refs: Tensor, size) -> Tensor:
+    """Draw `refs` (from `reference_boxes`, normalised cxcywh `(D + 1, 4)`) on `ax` for an image of `size = (H, W)`:
+    the first (before the decoder) red, then light to dark grey; points (w = h = 0) as dots. Returns the xyxy pixels."""
+    px = pixel_boxes(refs, size)
+    for d, b in enumerate(px):
+        shade = str(0.85 * (1 - d / max(len(px) - 1, 1)))
+        if refs[d, 2:].eq(0).all(): ax.plot([b[0].item()], [b[1].item()], 'o', ms=4, color=shade, mec='red')
+        else: draw_boxes(ax, b[None], None, None, None, color=shade if d else 'red', lw=1.2)
+    return px
+
 def plot_reference_refinement(image: Tensor, outputs: Mapping, queries: Sequence[int] | None = None) -> Figure:
     """For each of `queries` (default: the 3 best), its reference box (or point) before the decoder and after each
     layer, light to dark: one panel per query."""
     queries = top_queries(outputs, 3) if queries is None else list(queries)
     fig, axes = _figure(1, len(queries), 2.4, 2.2)
     for ax, q in zip(axes[0], queries):
-        refs = reference_boxes(outputs, q)
-        px = pixel_boxes(refs, image.shape[-2:])
         ax.imshow(to_display(image))
-        for d, b in enumerate(px):
-            shade = str(0.85 * (1 - d / max(len(px) - 1, 1)))
-            if refs[d, 2:].eq(0).all(): ax.plot([b[0].item()], [b[1].item()], 'o', ms=4, color=shade, mec='red')
-            else: draw_boxes(ax, b[None], None, None, None, color=shade if d else 'red', lw=1.2)
+        px = draw_reference_boxes(ax, reference_boxes(outputs, q), image.shape[-2:])
         ax.set_title(f'query {q}: {len(px) - 1} refinements', fontsize=8); ax.axis('off')
     fig.tight_layout()
     return fig
@@ -515,27 +603,82 @@ def plot_query_selection(image: Tensor, outputs: Mapping, target: Mapping | None
     fig.tight_layout()
     return fig
 
+# %% ../nbs/15_visualize.ipynb #8209b515
+def default_matcher(kind: str):
+    """The matcher of a model `kind`'s training recipe: DETR and YOLOS (softmax class cost 1, L1 5, GIoU 2), Deformable
+    DETR and RT-DETR (focal class cost 2, L1 5, GIoU 2)."""
+    from detr_edu.matcher import HungarianMatcher
+    if kind in ('detr', 'yolos'): return HungarianMatcher(1, 5, 2)
+    if kind in ('deformable_detr', 'rtdetr'): return HungarianMatcher(2, 5, 2, focal=True)
+    raise ValueError(f"default_matcher: `kind` must be 'detr', 'yolos', 'deformable_detr' or 'rtdetr', got {kind!r}")
+
+def num_classes_of(model: nn.Module) -> int:
+    "The number of real classes a detr_edu detector predicts (class ids `0 .. n-1`; DETR/YOLOS add a no-object column)."
+    kind = model_kind(model)
+    if kind == 'rtdetr': return int(model.decoder.num_classes)
+    last = [m for m in model.class_embed.modules() if isinstance(m, nn.Linear)][-1]
+    return last.out_features - (0 if kind == 'deformable_detr' else 1)
+
+def official_kind(state_dict: Mapping) -> str | None:
+    "Which official repository's layout `state_dict` has: 'rtdetr', 'deformable_detr', 'yolos', 'detr', or None."
+    keys = list(state_dict)
+    if any(k.startswith(('decoder.dec_score_head', 'decoder.dec_bbox_head', 'encoder.encoder.')) for k in keys): return 'rtdetr'
+    if 'transformer.level_embed' in state_dict: return 'deformable_detr'
+    if any('det_token' in k for k in keys): return 'yolos'
+    if any(k.startswith('transformer.decoder.') for k in keys) and 'query_embed.weight' in state_dict: return 'detr'
+    return None
+
+def load_model(path, device='cpu', **overrides) -> tuple[nn.Module, nn.Module, dict]:
+    """Any model from a file: a `detr-edu train` checkpoint (rebuilt from its config, `load_detr_checkpoint`) or an
+    official DETR, Deformable DETR, RT-DETR or YOLOS checkpoint, recognised by its keys (`official_kind`) and read by
+    that model's `*_from_official` converter (`overrides`, e.g. `nheads`, go to it). Returns `(model in eval mode,
+    matcher, {'kind', 'source': 'train' or 'official', 'epoch'})`; a ValueError says what does not fit."""
+    import argparse
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"load_model: `path` {str(path)!r} is not a file")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ck = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e: raise ValueError(f"load_model: {str(path)!r} is not a readable checkpoint ({e})") from None
+    if isinstance(ck, dict) and 'model' in ck and 'config' in ck:
+        model, matcher, ck = load_detr_checkpoint(path, device)
+        return model, matcher, {'kind': model_kind(model), 'source': 'train', 'epoch': ck.get('epoch')}
+    sd = ck.get('ema', {}).get('module') if isinstance(ck, dict) and isinstance(ck.get('ema'), dict) else None
+    sd = sd if sd is not None else (ck.get('model', ck) if isinstance(ck, dict) else None)
+    kind = official_kind(sd) if isinstance(sd, dict) else None
+    if kind is None:
+        raise ValueError(f"load_model: {str(path)!r} is neither a detr-edu train checkpoint nor an official DETR, "
+                         "Deformable DETR, RT-DETR or YOLOS checkpoint")
+    from detr_edu import hub, deformable_detr, rtdetr, yolos
+    convert = {'detr': hub.detr_from_official, 'deformable_detr': deformable_detr.deformable_detr_from_official,
+               'rtdetr': rtdetr.rtdetr_from_official, 'yolos': yolos.yolos_from_official}[kind]
+    try: model = convert(str(path), **overrides)
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise ValueError(f"load_model: {str(path)!r} looks like an official {kind} checkpoint but does not load: {e}") from None
+    return model.to(device).eval(), default_matcher(kind), {'kind': kind, 'source': 'official', 'epoch': None}
+
 # %% ../nbs/15_visualize.ipynb #9ba8b03a
 def write_figures(model: nn.Module, image: Tensor, target: Mapping | None, out_dir, matcher=None,
-                  class_names: Mapping | None = None, threshold: float = 0.5, run_dir=None, grid_image=None) -> dict[str, Path]:
-    """Write this lesson's figures for `model` on one normalised `(3, H, W)` `image` (and its `target`) as PNGs
-    into `out_dir`: predictions, query attention (DETR/YOLOS) or sampling points and refinement (Deformable DETR),
-    query selection (RT-DETR), encoder attention (DETR), and with a `target` and `matcher` the cost matrices,
-    matched pairs and assignments across layers; with a `run_dir` also the loss curves and the checkpoint grid.
+                  class_names: Mapping | None = None, threshold: float = 0.5, run_dir=None, dpi: int = 72) -> dict[str, Path]:
+    """Write this lesson's figures for `model` on one normalised `(3, H, W)` `image` (and its `target`, normalised
+    cxcywh boxes) as PNGs into `out_dir`: predictions; query attention (DETR, YOLOS) or sampling points and reference
+    refinement (Deformable DETR, RT-DETR); encoder attention (DETR, RT-DETR); query selection (RT-DETR; the image is
+    resized by `prepare_image`); with a `target` and a `matcher` the cost matrices, the matched pairs and the
+    assignments across layers; with a `run_dir` the loss curves and the checkpoint grid (every `*.pth` of the run).
     Returns `{name: path}`."""
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    image = prepare_image(image, model_kind(model))
     out = inspect_model(model, image)
+    kind, (H, W) = out['kind'], out['image_size']
     figs = {'viz_predictions': lambda: plot_predictions(image, out, target, threshold, class_names)}
-    if out['kind'] in ('detr', 'yolos'):
+    if kind in ('detr', 'yolos'):
         figs['viz_query_attention'] = lambda: plot_query_attention(image, out, class_names=class_names)
-    if out['kind'] == 'detr':
-        H, W = out['image_size']
+    if kind in ('detr', 'rtdetr'):
         figs['viz_encoder_attention'] = lambda: plot_encoder_attention(image, out, [(H // 3, W // 3), (2 * H // 3, 2 * W // 3)])
-    if out['kind'] == 'deformable_detr':
+    if kind in ('deformable_detr', 'rtdetr'):
         figs['viz_sampling_points'] = lambda: plot_sampling_points(image, out, top_queries(out, 1)[0])
-    if out['kind'] in ('deformable_detr', 'rtdetr'):
         figs['viz_reference_refinement'] = lambda: plot_reference_refinement(image, out)
-    if out['kind'] == 'rtdetr':
+    if kind == 'rtdetr':
         figs['viz_query_selection'] = lambda: plot_query_selection(image, out, target)
     if target is not None and matcher is not None:
         figs['viz_cost_matrices'] = lambda: plot_cost_matrices(out, target, matcher, class_names)
@@ -549,5 +692,5 @@ def write_figures(model: nn.Module, image: Tensor, target: Mapping | None, out_d
     paths = {}
     for name, make in figs.items():
         paths[name] = out_dir / f'{name}.png'
-        make().savefig(paths[name], dpi=72)
+        make().savefig(paths[name], dpi=dpi)
     return paths

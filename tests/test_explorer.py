@@ -14,6 +14,7 @@ import torch
 from detr_edu.engine import make_config, build_model, save_checkpoint
 from detr_edu.data import make_shapes_dataset, CocoDetection, make_coco_transforms
 from detr_edu.visualize import pixel_to_cell
+from detr_edu import visualize as V
 from detr_edu import explorer as E
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -28,15 +29,6 @@ def shapes(tmp_path_factory):
                        transforms=make_coco_transforms('val', max_size=128, val_size=96))
     names = {c['id']: c['name'] for c in ds.coco.dataset['categories']}
     return root, ds, names
-
-
-@pytest.fixture(scope='module')
-def detr():
-    torch.manual_seed(0)
-    cfg = make_config(num_classes=7, backbone='resnet18', hidden_dim=32, nheads=4, enc_layers=2, dec_layers=2,
-                      dim_feedforward=64, num_queries=6, dropout=0.0)
-    model, criterion, _ = build_model(cfg)
-    return model, criterion.matcher, cfg
 
 
 def test_widgets_drive_the_figures(detr, shapes):
@@ -100,10 +92,9 @@ def test_upload_and_bad_input(detr, shapes, tmp_path):
     assert 'predicts 3 classes' in ex.message.value
     with pytest.raises(ValueError, match='targets'):
         E.Explorer(model, [ds[0][0]], targets=[])
-    from detr_edu.rtdetr import build_rtdetr
-    rt = build_rtdetr(num_classes=7, depth=18, encoder_hidden_dim=16, encoder_nhead=2, encoder_dim_feedforward=32,
-                      hidden_dim=16, nhead=2, num_queries=4, num_decoder_layers=1, dim_feedforward=32, num_denoising=0)
-    assert 'DETR and YOLOS' in E.Explorer(rt, [torch.randn(3, 64, 64)]).message.value
+    # a file that is no checkpoint at all
+    (tmp_path / 'junk.pth').write_bytes(b'junk')
+    assert 'not a readable checkpoint' in E.Explorer(tmp_path / 'junk.pth', ds, class_names=names).message.value
 
 
 def test_checkpoint_models_and_yolos(detr, shapes, tmp_path):
@@ -125,6 +116,129 @@ def test_checkpoint_models_and_yolos(detr, shapes, tmp_path):
     torch.testing.assert_close(ex.view['query_attention'], det_attention_maps(o['det_attentions'], o['patch_grid'])[0, 0, 1, 2])
     ex.tabs.selected_index = 1
     assert 'no DETR encoder' in ex.message.value
+
+
+def test_deformable_detr_views(deformable_detr, shapes):
+    _, ds, names = shapes
+    ex = E.Explorer(deformable_detr, ds, class_names=names)
+    out = ex.outputs
+    assert out['kind'] == 'deformable_detr' and not ex.message.value
+    H, W = out['image_size']
+    assert [v for _, v in ex.layer.options] == [0, 1] and [v for _, v in ex.level.options] == [None, 0, 1, 2, 3]
+    for q, layer, head, level in [(3, 0, None, None), (1, 1, 2, None), (4, 1, 0, 2)]:
+        ex.query.value, ex.layer.value, ex.head.value, ex.level.value = q, layer, head, level
+        dec = out['attentions']['decoder'][layer]
+        loc, wts = dec['sampling_locations'][0, q], dec['attention_weights'][0, q]      # (heads, L, K, 2), (heads, L, K)
+        heads = range(loc.shape[0]) if head is None else [head]
+        levels = range(loc.shape[1]) if level is None else [level]
+        expect = torch.cat([(loc[h, list(levels)] * torch.tensor([W, H])).reshape(-1, 2) for h in heads])
+        torch.testing.assert_close(ex.view['sampling_points']['xy'], expect)
+        torch.testing.assert_close(ex.view['sampling_points']['weights'], torch.cat([wts[h, list(levels)].reshape(-1) for h in heads]))
+        # the reference box (here a point, then boxes) before and after each decoder layer
+        refs = ex.view['reference_boxes']
+        assert refs.shape == (3, 4)
+        torch.testing.assert_close(refs[2], out['reference_points'][2][0, q])
+    # encoder tab: the points the level-0 token under the pixel samples
+    ex.tabs.selected_index = 1
+    ex.level.value, ex.head.value = None, 1
+    ex.pixel_y.value, ex.pixel_x.value = 40, 70
+    h0, w0 = out['attentions']['spatial_shapes'][0].tolist()
+    r, c = pixel_to_cell(40, 70, 8, (h0, w0))
+    assert ex.view['cell'] == (r, c)
+    enc = out['attentions']['encoder'][0]['sampling_locations'][0, r * w0 + c, 1]      # (L, K, 2)
+    torch.testing.assert_close(ex.view['encoder_points']['xy'], (enc * torch.tensor([W, H])).reshape(-1, 2))
+    ex.tabs.selected_index = 3
+    assert 'query selection' in ex.message.value and ex.selection_image.value == b''
+
+
+def test_rtdetr_views(rtdetr, shapes):
+    _, ds, names = shapes
+    ex = E.Explorer(rtdetr, ds, class_names=names)
+    out = ex.outputs
+    raw = ds[0][0]
+    assert out['kind'] == 'rtdetr' and all(s % 32 == 0 for s in ex.image.shape[-2:])
+    assert all(abs(a - b) <= 16 for a, b in zip(ex.image.shape[-2:], raw.shape[-2:]))      # resized to the nearest
+    # RT-DETR's input is the [0, 1] image, not the normalised one
+    from detr_edu.data import IMAGENET_MEAN, IMAGENET_STD
+    x01 = (ex.image * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]).clamp(0, 1)
+    rtdetr.eval()
+    with torch.no_grad(): ref = rtdetr(x01[None])
+    torch.testing.assert_close(out['pred_boxes'], ref['pred_boxes'], rtol=1e-4, atol=1e-5)
+    H, W = out['image_size']
+    ex.query.value, ex.layer.value, ex.head.value, ex.level.value = 7, 0, 3, 1
+    loc = out['attentions']['decoder'][0]['sampling_locations'][0, 7, 3, 1]             # (K, 2)
+    torch.testing.assert_close(ex.view['sampling_points']['xy'], loc * torch.tensor([W, H]))
+    refs = ex.view['reference_boxes']                                                    # selected anchor box, then each layer's
+    torch.testing.assert_close(refs[0], out['enc_topk_bboxes'][0, 7])
+    torch.testing.assert_close(refs[1:], out['intermediate_boxes'][:, 0, 7])
+    ex.tabs.selected_index = 3
+    sel = ex.view['query_selection']
+    torch.testing.assert_close(sel['scores'], out['enc_topk_logits'][0].sigmoid().max(-1).values)
+    assert sel['iou'].shape == (10,) and ex.selection_image.value[:4] == b'\x89PNG'
+    ex.tabs.selected_index = 1                                                           # AIFI attention over stride 32
+    ex.head.value = None
+    ex.pixel_y.value, ex.pixel_x.value = 50, 90
+    e = out['attentions']['encoder'][-1]
+    h, w = e['spatial_shape']
+    r, c = pixel_to_cell(50, 90, 32, (h, w))
+    torch.testing.assert_close(ex.view['encoder_attention'], e['self_attn'][0, :, r * w + c].mean(0).reshape(h, w))
+    ex.tabs.selected_index = 2                                                           # matching: the focal matcher
+    assert ex._model()[1].focal and ex.view['match'] is not None
+
+
+def test_clicks(detr, shapes):
+    from types import SimpleNamespace
+    model, matcher, _ = detr
+    _, ds, names = shapes
+    ex = E.Explorer(model, ds, class_names=names, matcher=matcher, clicks=False)
+    assert ex.click_canvas is None
+    ex.threshold.value = 0.0
+    det = V.detections(ex.outputs, 0.0)
+    b = det['boxes']
+    area = (b[:, 2:] - b[:, :2]).prod(-1)
+    # a point inside two boxes goes to the smaller one
+    for k in area.argsort().tolist()[:3]:
+        x, y = ((b[k, :2] + b[k, 2:]) / 2).tolist()
+        holds = (b[:, 0] <= x) & (x <= b[:, 2]) & (b[:, 1] <= y) & (y <= b[:, 3])
+        best = int(det['queries'][torch.where(holds, area, torch.full_like(area, 1e9)).argmin()])
+        ex.tabs.selected_index = 1
+        ex._on_canvas_click(SimpleNamespace(inaxes=object(), xdata=x, ydata=y, button=1))
+        assert ex.query.value == best and ex.tabs.selected_index == 0 and ex.view['query'] == best
+        cross = ex.outputs['attentions']['dec_cross'][ex.layer.value][0]
+        torch.testing.assert_close(ex.view['query_attention'], cross[:, best].mean(0).reshape(ex.outputs['feature_size']))
+    # outside every box: the encoder at that pixel
+    ex.threshold.value = 1.0
+    ex._on_canvas_click(SimpleNamespace(inaxes=object(), xdata=20.7, ydata=60.2, button=1))
+    assert (ex.pixel_y.value, ex.pixel_x.value, ex.tabs.selected_index) == (60, 20, 1)
+    out = ex.outputs; h, w = out['feature_size']
+    r, c = pixel_to_cell(60, 20, 32, (h, w))
+    layer = min(ex.layer.value, len(out['attentions']['enc_self']) - 1)        # 3 decoder but 2 encoder layers
+    torch.testing.assert_close(ex.view['encoder_attention'],
+                               out['attentions']['enc_self'][layer][0, :, r * w + c].mean(0).reshape(h, w))
+    ex._on_canvas_click(SimpleNamespace(inaxes=None, xdata=None, ydata=None, button=1))   # outside the image: nothing
+    assert ex.pixel_y.value == 60
+    pytest.importorskip('ipympl')
+    ex = E.Explorer(model, ds, class_names=names, matcher=matcher)
+    assert ex.clicks and ex.click_canvas in ex.widget.children
+    ex.threshold.value = 0.0
+    ax = ex.click_figure.axes[0]
+    drawn = torch.tensor([[p.get_x(), p.get_y(), p.get_x() + p.get_width(), p.get_y() + p.get_height()] for p in ax.patches])
+    torch.testing.assert_close(drawn, V.detections(ex.outputs, 0.0)['boxes'], rtol=1e-4, atol=1e-3)
+
+
+def test_official_file(shapes, tmp_path):
+    """A file in the official Deformable DETR layout loads as a DeformableDETR (`load_model`), with its own matcher."""
+    from detr_edu.deformable_detr import build_deformable_detr
+    _, ds, names = shapes
+    torch.manual_seed(0)
+    m = build_deformable_detr(num_classes=7, backbone='resnet18', hidden_dim=32, nheads=8, enc_layers=1, dec_layers=1,
+                              dim_feedforward=64, num_queries=4, num_feature_levels=3, dec_n_points=2, enc_n_points=2)
+    torch.save({'model': m.state_dict()}, tmp_path / 'deformable.pth')
+    ex = E.Explorer(tmp_path / 'deformable.pth', ds, class_names=names)
+    assert not ex.message.value and ex.kind == 'deformable_detr' and ex._model()[1].focal
+    m.eval()
+    with torch.no_grad(): ref = m([ds[0][0]])
+    torch.testing.assert_close(ex.outputs['pred_boxes'], ref['pred_boxes'])
 
 
 def test_main_without_voila(monkeypatch, capsys):
@@ -200,6 +314,12 @@ def test_explorer_page_in_browser(shapes, tmp_path):
             # what the page shows has a width: the image decoded
             assert wait_for(lambda: d.execute_script("const i = document.querySelector('img.explorer-attention');"
                                                      "return i.complete && i.naturalWidth > 0;"))
+            try: import ipympl  # noqa: F401
+            except ImportError: pass
+            else:                                              # the clickable canvas came up and drew the image
+                assert wait_for(lambda: d.execute_script(
+                    "const c = document.querySelector('.explorer-click canvas');"
+                    "return c !== null && c.width > 0 && c.height > 0;"))
             errors = [l for l in d.get_log('browser') if l['level'] == 'SEVERE' and 'favicon' not in l['message']]
             assert not errors, errors
     finally:                                               # stop main, voila and its kernels (one process group)

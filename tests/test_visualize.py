@@ -13,15 +13,6 @@ from detr_edu import visualize as V
 
 
 @pytest.fixture(scope='module')
-def detr():
-    torch.manual_seed(0)
-    cfg = make_config(num_classes=5, backbone='resnet18', hidden_dim=32, nheads=4, enc_layers=2, dec_layers=3,
-                      dim_feedforward=64, num_queries=7, dropout=0.0)
-    model, criterion, _ = build_model(cfg)
-    return model, criterion.matcher, cfg
-
-
-@pytest.fixture(scope='module')
 def image():
     torch.manual_seed(1)
     return torch.randn(3, 100, 150)          # sides not multiples of 32: the feature map covers 128 x 160
@@ -183,6 +174,14 @@ def test_checkpoints_and_loss_curves(detr, image, target, tmp_path):
     torch.save({'model': sd, 'config': dict(cfg.__dict__)}, tmp_path / 'broken.pth')
     with pytest.raises(ValueError, match='does not fit'):
         V.load_detr_checkpoint(tmp_path / 'broken.pth')
+    # a run that kept a moving average (RT-DETR's recipe) is shown with the averaged weights, the ones it evaluated
+    from detr_edu.engine import ModelEMA
+    ema = ModelEMA(model)
+    with torch.no_grad():
+        for v in ema.module.parameters(): v.mul_(0.5)
+    save_checkpoint(tmp_path / 'ema.pth', model, epoch=0, config=cfg, ema=ema)
+    loaded, _, _ = V.load_detr_checkpoint(tmp_path / 'ema.pth')
+    for k, v in loaded.state_dict().items(): assert torch.equal(v, ema.module.state_dict()[k]), k
     (tmp_path / 'junk.pth').write_bytes(b'junk')
     with pytest.raises(ValueError, match='not a readable checkpoint'):
         V.load_detr_checkpoint(tmp_path / 'junk.pth')
@@ -214,12 +213,8 @@ def test_bad_input(detr, image):
     assert V.pixel_to_cell(-5, 1000, 32, (4, 5)) == (0, 4)
 
 
-def test_deformable_sampling_points_and_refinement(image):
-    from detr_edu.deformable_detr import build_deformable_detr
-    torch.manual_seed(0)
-    model = build_deformable_detr(num_classes=5, backbone='resnet18', hidden_dim=32, nheads=4, enc_layers=1, dec_layers=2,
-                                  dim_feedforward=64, num_queries=5, num_feature_levels=4, dec_n_points=3,
-                                  enc_n_points=2, with_box_refine=True)
+def test_deformable_sampling_points_and_refinement(deformable_detr, image):
+    model = deformable_detr
     out = V.inspect_model(model, image)
     assert out['kind'] == 'deformable_detr' and out['focal']
     H, W = image.shape[-2:]
@@ -252,12 +247,9 @@ def test_deformable_sampling_points_and_refinement(image):
         V.sampling_points(out, 5)
 
 
-def test_rtdetr_query_selection(target):
-    from detr_edu.rtdetr import build_rtdetr
+def test_rtdetr_query_selection(rtdetr, target):
     from torchvision.ops import box_iou
-    torch.manual_seed(0)
-    model = build_rtdetr(num_classes=5, depth=18, encoder_hidden_dim=32, encoder_nhead=4, encoder_dim_feedforward=64,
-                         hidden_dim=32, nhead=4, num_queries=10, num_decoder_layers=2, dim_feedforward=64, num_denoising=0)
+    model = rtdetr
     img = torch.randn(3, 64, 96)
     out = V.inspect_model(model, img)
     assert out['kind'] == 'rtdetr' and out['stride'] == 8
@@ -274,3 +266,86 @@ def test_rtdetr_query_selection(target):
     torch.testing.assert_close(refs[1:], out['intermediate_boxes'][:, 0, 3])
     with pytest.raises(ValueError, match='multiples of 32'):
         V.inspect_model(model, torch.randn(3, 60, 96))
+
+
+def test_rtdetr_sampling_points_and_aifi_attention(rtdetr):
+    torch.manual_seed(2)
+    img = torch.randn(3, 64, 96)
+    out = V.inspect_model(rtdetr, img)
+    assert len(out['attentions']['decoder']) == 2
+    for layer, head in [(0, None), (1, 2)]:
+        fig = V.plot_sampling_points(img, out, query=5, layer=layer, head=head)
+        loc = out['attentions']['decoder'][layer]['sampling_locations'][0, 5]          # (heads, L, K, 2)
+        wts = out['attentions']['decoder'][layer]['attention_weights'][0, 5]
+        heads = range(loc.shape[0]) if head is None else [head]
+        assert len(fig.axes[0].collections) == len(heads)
+        for coll, hd in zip(fig.axes[0].collections, heads):
+            torch.testing.assert_close(torch.as_tensor(np.asarray(coll.get_offsets()), dtype=torch.float32),
+                                       (loc[hd] * torch.tensor([96., 64.])).reshape(-1, 2), rtol=1e-4, atol=1e-3)
+            torch.testing.assert_close(torch.as_tensor(coll.get_sizes(), dtype=torch.float32), 120 * wts[hd].flatten(),
+                                       rtol=1e-4, atol=1e-4)
+    # AIFI: full attention over the stride-32 map (2 x 3 cells)
+    att, size, stride = V.encoder_attention_grid(out)
+    assert size == (2, 3) and stride == 32 and V.encoder_layers(out) == 1
+    fig = V.plot_encoder_attention(img, out, [(40, 70)], head=1)
+    torch.testing.assert_close(_shown(fig.axes[1]), out['attentions']['encoder'][0]['self_attn'][0, 1, 1 * 3 + 2].reshape(2, 3))
+    assert fig.axes[1].images[-1].get_extent() == [0, 96, 64, 0]
+
+
+def test_draw_sampling_points_filters(deformable_detr, image):
+    from matplotlib.figure import Figure
+    out = V.inspect_model(deformable_detr, image)
+    sp = V.sampling_points(out, 2, layer=0)
+    H, W = image.shape[-2:]
+    ax = Figure().subplots()
+    d = V.draw_sampling_points(ax, sp, head=1, level=2)
+    torch.testing.assert_close(d['xy'], sp['xy'][1, 2])
+    assert d['heads'].unique().tolist() == [1] and d['levels'].unique().tolist() == [2]
+    d = V.draw_sampling_points(ax, sp, on_level=3)                                   # level 3's cell units, all heads
+    torch.testing.assert_close(d['xy'], sp['grid_xy'][:, 3].reshape(-1, 2))
+    with pytest.raises(ValueError, match='head'):
+        V.draw_sampling_points(ax, sp, head=4)
+    with pytest.raises(ValueError, match='level'):
+        V.draw_sampling_points(ax, sp, level=4)
+    # the encoder: the level-l token under a pixel, its sampling locations in pixels
+    for level in (0, 2):
+        esp = V.encoder_sampling_points(out, (70, 20), layer=0, level=level)
+        h, w = out['attentions']['spatial_shapes'][level].tolist()
+        s = V.feature_stride(H, h)
+        r, c = min(70 // s, h - 1), min(20 // s, w - 1)
+        tok = int(out['attentions']['level_start_index'][level]) + r * w + c
+        assert esp['token'] == tok and esp['cell'] == (r, c)
+        torch.testing.assert_close(esp['xy'], out['attentions']['encoder'][0]['sampling_locations'][0, tok] * torch.tensor([W, H]))
+
+
+def test_prepare_image_and_load_model(detr, rtdetr, deformable_detr, tmp_path):
+    x = torch.randn(3, 70, 100)
+    assert V.prepare_image(x, 'rtdetr').shape == (3, 64, 96) and V.prepare_image(x, 'detr') is x
+    assert V.prepare_image(torch.randn(3, 5, 200), 'rtdetr').shape == (3, 32, 192)
+    assert [V.num_classes_of(m) for m in (detr[0], deformable_detr, rtdetr)] == [7, 7, 7]
+    assert not V.default_matcher('detr').focal and V.default_matcher('rtdetr').focal
+    # a train checkpoint, and files in each official layout, load as the right model
+    model, _, cfg = detr
+    save_checkpoint(tmp_path / 'train.pth', model, epoch=2, config=cfg)
+    m, matcher, info = V.load_model(tmp_path / 'train.pth')
+    assert info == {'kind': 'detr', 'source': 'train', 'epoch': 2} and not m.training
+    for net, kw in [(deformable_detr, {'nheads': 4}), (rtdetr, {'nheads': 4, 'num_queries': 10})]:
+        torch.save({'model': net.state_dict()}, tmp_path / 'official.pth')
+        m, matcher, info = V.load_model(tmp_path / 'official.pth', **kw)
+        assert type(m) is type(net) and info['source'] == 'official' and matcher.focal
+        x = V.prepare_image(torch.randn(3, 64, 96), info['kind'])
+        torch.testing.assert_close(V.inspect_model(m, x)['pred_boxes'], V.inspect_model(net, x)['pred_boxes'])
+    torch.save({'ema': {'module': rtdetr.state_dict()}}, tmp_path / 'ema.pth')               # the published RT-DETR files
+    assert V.load_model(tmp_path / 'ema.pth', nheads=4, num_queries=10)[2]['kind'] == 'rtdetr'
+    torch.save({'weights': torch.zeros(2)}, tmp_path / 'other.pth')
+    with pytest.raises(ValueError, match='neither'):
+        V.load_model(tmp_path / 'other.pth')
+    with pytest.raises(FileNotFoundError):
+        V.load_model(tmp_path / 'missing.pth')
+
+
+def test_write_figures_rtdetr(rtdetr, target, tmp_path):
+    paths = V.write_figures(rtdetr, torch.randn(3, 70, 100), target, tmp_path, V.default_matcher('rtdetr'))
+    assert sorted(paths) == sorted(['viz_predictions', 'viz_encoder_attention', 'viz_sampling_points',
+                                    'viz_reference_refinement', 'viz_query_selection', 'viz_cost_matrices', 'viz_matched_pairs'])
+    assert all(p.read_bytes()[:4] == b'\x89PNG' for p in paths.values())

@@ -1,0 +1,44 @@
+"""detr_edu.demo (lesson 16, the README's main job) on a tiny run: it writes its own figures and lesson 15's
+(`viz_*.png`, among them the checkpoint grid of the snapshots it keeps), and stopping for snapshots does not change
+the training (the engine resumes exactly)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from detr_edu.data import make_shapes_dataset
+from detr_edu.demo import run_shapes_demo, snapshot_epochs_of
+
+TINY = dict(hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=6, batch_size=2,
+            num_workers=0, epochs=2, max_iters=2, max_size=64, progress=False)
+
+
+@pytest.fixture(scope='module')
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp('shapes')
+    make_shapes_dataset(root, n_train=4, n_val=2, seed=0, image_size=(64, 64))
+    return root
+
+
+def test_snapshot_epochs():
+    assert snapshot_epochs_of(24) == [1, 6, 12]
+    assert snapshot_epochs_of(2) == [1] and snapshot_epochs_of(1) == []
+    assert snapshot_epochs_of(10, (0, 3, 3, 10, 12)) == [3]
+
+
+def test_tiny_demo_writes_lesson_15_figures(shapes, tmp_path):
+    res = run_shapes_demo(tmp_path / 'out', data_path=str(shapes), **TINY)
+    out = tmp_path / 'out'
+    for name in ['loss_curve', 'predictions', 'cross_attention', 'matching', 'viz_predictions', 'viz_query_attention',
+                 'viz_encoder_attention', 'viz_cost_matrices', 'viz_matched_pairs', 'viz_assignments_across_layers',
+                 'viz_loss_curves', 'viz_checkpoint_grid']:
+        assert (out / f'{name}.png').read_bytes()[:4] == b'\x89PNG', name
+    assert set(res['figures']) >= {'viz_checkpoint_grid', 'viz_encoder_attention'}
+    run = out / 'shapes_run'
+    assert sorted(p.name for p in run.glob('*.pth')) == ['checkpoint.pth', 'checkpoint_0000.pth']
+    assert [r['epoch'] for r in res['history']] == [0, 1]
+    # the same run without the stop after epoch 1 ends with the same weights
+    again = run_shapes_demo(tmp_path / 'again', data_path=str(shapes), snapshot_epochs=(), **TINY)
+    assert not list((tmp_path / 'again' / 'shapes_run').glob('checkpoint_*.pth'))
+    for (k, a), b in zip(res['model'].state_dict().items(), again['model'].state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
