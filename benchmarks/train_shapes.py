@@ -65,6 +65,64 @@ RECORDED_DEFORMABLE = [
 # iteration of 4 images (0.62 s per image) against 1.2-1.7 s per 8 images (0.15-0.22 s per image): about 3x fewer
 # images per quarter of an hour.
 
+# ---- YOLOS (lesson 13) ------------------------------------------------------------------------------------------------
+# Recorded 2026-12-02 on the same 2-core machine, heavily shared (load average 5-9: another training ran throughout),
+# one torch thread (OMP_NUM_THREADS=1; with 2 threads on the loaded machine each iteration was ~9x slower), nice 5:
+#   OMP_NUM_THREADS=1 python benchmarks/train_shapes.py --epochs 20 --output_dir /tmp/yolos_runs/main --set model="yolos"
+#       hidden_dim=128 nheads=4 enc_layers=2 dim_feedforward=512 num_queries=20 lr=4e-4 lr_backbone=4e-4
+# i.e. the demo settings (128 px, batch 8, no crop, no lr drop before epoch 20) with YOLOS: patch 16 (8x8 grid at
+# 128 px), width 128, 2 blocks, 4 heads, MLP 512, 20 [DET] tokens, 0.58 M parameters, the whole ViT at lr 4e-4.
+# Epochs 0-5 are the "2 blocks" ablation run below, resumed (exact resume) in the same folder to epoch 19. Same columns
+# as RECORDED. Wall time is mostly waiting for the shared cores: ~9 CPU s of training per epoch, 3 CPU-minutes in all.
+# A ViT trained from scratch on 1000 images is weak: AP50 0.007 after 20 epochs, where DETR (small CNN) reached 0.176.
+# data/models/yolos_shapes.pth is this run's last epoch in float16 (lesson 13 analyses it).
+RECORDED_YOLOS = [
+    (0, 28, 8, 5.158, 5.043, 0.005, 0.001),
+    (1, 33, 9, 4.864, 4.994, 0.006, 0.002),
+    (2, 45, 10, 4.770, 4.809, 0.003, 0.001),
+    (3, 40, 9, 4.668, 4.837, 0.006, 0.002),
+    (4, 37, 8, 4.673, 4.739, 0.005, 0.001),
+    (5, 40, 9, 4.591, 4.684, 0.004, 0.001),
+    (6, 32, 9, 4.592, 4.687, 0.006, 0.001),
+    (7, 32, 9, 4.560, 4.712, 0.005, 0.001),
+    (8, 40, 10, 4.551, 4.772, 0.004, 0.001),
+    (9, 35, 10, 4.531, 4.649, 0.006, 0.001),
+    (10, 44, 11, 4.506, 4.668, 0.007, 0.001),
+    (11, 41, 11, 4.495, 4.704, 0.009, 0.002),
+    (12, 38, 10, 4.483, 4.645, 0.008, 0.002),
+    (13, 37, 10, 4.475, 4.619, 0.007, 0.002),
+    (14, 40, 9, 4.487, 4.650, 0.007, 0.002),
+    (15, 33, 8, 4.477, 4.683, 0.012, 0.003),
+    (16, 40, 9, 4.458, 4.661, 0.008, 0.002),
+    (17, 42, 9, 4.470, 4.621, 0.008, 0.002),
+    (18, 42, 10, 4.447, 4.602, 0.006, 0.002),
+    (19, 48, 10, 4.457, 4.641, 0.007, 0.002),
+]
+# What helps YOLOS within the CPU budget: 6 epochs each, train_shapes.py with the settings above but enc_layers=4, then
+# one change per row (--set enc_layers=2 / 8, num_queries=50). 8x8 patches: TrainConfig has no patch-size setting
+# (build_yolos_training uses 16), so that run registered a builder with `engine.register_model('yolos_patch8')`
+# calling build_yolos(..., patch_size=8) and ran this script's main() with model="yolos_patch8". Same machine and load.
+# Columns: change, patch, blocks, [DET] tokens, M parameters, CPU s per epoch, then at epoch 5: val loss, val L1 (unscaled),
+# val GIoU loss (unscaled), val class error (%), AP50, AP. No run detects anything yet, so the losses decide: 2 blocks
+# learn fastest and cost least, 8 blocks slowest; 8x8 patches help a little per epoch at 2.7x the CPU; 50 tokens lower
+# the box losses (the total loss is not comparable: more no-object terms) but their class error is still 100%.
+RECORDED_YOLOS_ABLATION = [
+    ('base', 16, 4, 20, 0.97, 13, 4.801, 0.279, 0.767, 96.3, 0.003, 0.001),
+    ('8x8 patches', 8, 4, 20, 0.92, 35, 4.740, 0.267, 0.775, 94.6, 0.005, 0.001),
+    ('2 blocks', 16, 2, 20, 0.58, 9, 4.684, 0.261, 0.760, 95.0, 0.004, 0.001),
+    ('8 blocks', 16, 8, 20, 1.77, 21, 4.875, 0.286, 0.783, 97.0, 0.002, 0.000),
+    ('50 [DET] tokens', 16, 4, 50, 0.98, 17, 4.098, 0.224, 0.690, 100.0, 0.000, 0.000),
+]
+
+
+def yolos_ablation_table(rows=RECORDED_YOLOS_ABLATION) -> str:
+    out = ['| change | patch | blocks | [DET] | M params | CPU s/epoch | val loss | val L1 | val GIoU | class err % | AP50 | AP |',
+           '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+    out += [f'| {c} | {p} | {L} | {q} | {m:.2f} | {cpu} | {vl:.3f} | {l1:.3f} | {gi:.3f} | {ce:.1f} | {ap50:.3f} | {ap:.3f} |'
+            for c, p, L, q, m, cpu, vl, l1, gi, ce, ap50, ap in rows]
+    return '\n'.join(out)
+# ---- end of YOLOS -----------------------------------------------------------------------------------------------------
+
 
 def recorded_table(recorded=RECORDED) -> str:
     rows = ['| epoch | wall (s) | CPU (s) | it/s (CPU) | train loss | val loss | AP50 | AP |', '|---:|---:|---:|---:|---:|---:|---:|---:|']
@@ -103,6 +161,10 @@ def main(argv=None):
     print(recorded_table())
     print('# recorded: Deformable DETR, same settings on ResNet-18 (free machine): passes DETR\'s final AP50 at epoch 3')
     print(recorded_table(RECORDED_DEFORMABLE))
+    print('# recorded: YOLOS, 2 blocks, width 128, 20 [DET] tokens, from scratch (shared machine): AP50 0.007 after 20 epochs')
+    print(recorded_table(RECORDED_YOLOS))
+    print('# recorded: YOLOS ablation, 6 epochs each, one change at a time from 4 blocks / patch 16 / 20 tokens')
+    print(yolos_ablation_table())
     if args.recorded: return
     from detr_edu.engine import read_jsonl
     if args.from_run:

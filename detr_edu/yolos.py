@@ -18,7 +18,9 @@ from .detr import MLP
 
 # %% auto #0
 __all__ = ['YOLOS_VARIANTS', 'PatchEmbed', 'interpolate_pos_embed', 'Attention', 'Mlp', 'Block', 'VisionTransformer', 'YOLOS',
-           'build_yolos', 'det_attention_maps', 'yolos_from_official', 'yolos_from_transformers']
+           'build_yolos', 'det_attention_maps', 'yolos_from_official', 'yolos_from_transformers', 'save_compact_yolos',
+           'load_compact_yolos', 'det_token_predictions', 'det_token_stats', 'plot_det_token_specialisation',
+           'plot_det_attention']
 
 # %% ../nbs/13_yolos.ipynb #e6a2a65f
 def _pair(x, name: str) -> tuple[int, int]:
@@ -463,3 +465,174 @@ def yolos_from_transformers(state_dict: dict, config: dict) -> YOLOS:
             raise ValueError(f"{who}: layer {i} has attention {kind} for {sorted(parts)}, expected query, key and value")
         out[f'backbone.blocks.{i}.attn.qkv.{kind}'] = torch.cat([parts['query'], parts['key'], parts['value']])
     return _load_checked(model, out, who)
+
+# %% ../nbs/13_yolos.ipynb #a6e92455
+def save_compact_yolos(checkpoint, path, **extra) -> dict:
+    """Write a small copy of a YOLOS trained by `detr-edu train` (or `detr_edu.engine.train`) to `path`.
+
+    `checkpoint`: the run's `checkpoint.pth` path or its loaded dict (`{'model', 'config', ...}`, `config` holding
+    the run's `TrainConfig` settings). Written: `model`, the state dict in float16 (half the bytes of float32,
+    training state and optimizer dropped); `num_heads` and `image_size` (`[max_size, max_size]`, the grid the
+    position embeddings were learned at), the two settings the tensors do not determine; the run's `config`; and
+    any plain `extra` values (e.g. the measured `stats`). Returns the written dict. Read it with `load_compact_yolos`.
+    """
+    who = 'save_compact_yolos'
+    if isinstance(checkpoint, (str, os.PathLike)):
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f"{who}: no checkpoint file at {str(checkpoint)!r}")
+        checkpoint = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get('model'), dict) or not isinstance(checkpoint.get('config'), dict):
+        raise ValueError(f"{who}: `checkpoint` must be a detr-edu train checkpoint with 'model' and 'config' entries")
+    cfg = checkpoint['config']
+    missing = [k for k in ('nheads', 'max_size') if not cfg.get(k)]
+    if missing:
+        raise ValueError(f"{who}: the checkpoint's config has no {missing}: needed to rebuild the model")
+    compact = {'model': {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in checkpoint['model'].items()},
+               'num_heads': int(cfg['nheads']), 'image_size': [int(cfg['max_size'])] * 2, 'config': dict(cfg), **extra}
+    torch.save(compact, path)
+    return compact
+
+def load_compact_yolos(path) -> tuple[YOLOS, dict]:
+    """The float32 `YOLOS` (eval mode) stored by `save_compact_yolos` at `path` (read with `weights_only=True`; the
+    configuration is read off the tensors by `yolos_from_official`), and the file's other entries
+    (`num_heads`, `image_size`, `config`, extras)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"load_compact_yolos: no file at {str(path)!r}")
+    ck = torch.load(path, map_location='cpu', weights_only=True)
+    if not isinstance(ck, dict) or not {'model', 'num_heads', 'image_size'} <= set(ck):
+        raise ValueError(f"load_compact_yolos: {str(path)!r} was not written by save_compact_yolos "
+                         f"(needs 'model', 'num_heads', 'image_size')")
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in ck['model'].items()}
+    model = yolos_from_official(sd, num_heads=ck['num_heads'], image_size=tuple(ck['image_size']))
+    return model, {k: v for k, v in ck.items() if k != 'model'}
+
+# %% ../nbs/13_yolos.ipynb #1c6b354c
+def _samples_of(batch):
+    "The images of a loader batch: `(samples, targets)` pairs (lesson 08's loaders) or the samples alone."
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], (tuple, list)) \
+            and all(isinstance(t, dict) for t in batch[1]):
+        return batch[0]
+    return batch
+
+@torch.no_grad()
+def det_token_predictions(model: nn.Module, loader, device='cpu') -> dict[str, Tensor]:
+    """What every [DET] token predicts on every image of `loader`.
+
+    `loader`: an iterable of batches, either `(samples, targets)` as lesson 08's `build_dataloader` makes them or
+    the samples alone (anything `YOLOS` accepts: a `(B, 3, H, W)` tensor, a list of images, a NestedTensor).
+    Returns, for `N` images and `Q` tokens: `boxes` `(N, Q, 4)` normalised cxcywh as the model outputs them (a model
+    trained with the engine predicts fractions of each image's own size, section 8); `scores` `(N, Q)`, the largest
+    softmax probability over the real classes (no-object excluded); `labels` `(N, Q)`, that class. On the CPU.
+    """
+    model.eval().to(device)
+    boxes, scores, labels = [], [], []
+    for batch in loader:
+        samples = _samples_of(batch)
+        if isinstance(samples, (list, tuple)): samples = [s.to(device) for s in samples]
+        else: samples = samples.to(device)
+        out = model(samples)
+        prob = out['pred_logits'].softmax(-1)[..., :-1]
+        s, l = prob.max(-1)
+        boxes.append(out['pred_boxes'].cpu()); scores.append(s.cpu()); labels.append(l.cpu())
+    if not boxes:
+        raise ValueError("det_token_predictions: `loader` gave no batches")
+    return {'boxes': torch.cat(boxes), 'scores': torch.cat(scores), 'labels': torch.cat(labels)}
+
+# %% ../nbs/13_yolos.ipynb #b59e5a24
+def det_token_stats(preds: dict[str, Tensor], min_score: float = 0.0) -> dict[str, Tensor]:
+    """Per-token summary of `det_token_predictions` output, over the predictions scoring at least `min_score`.
+
+    Returns (Q tokens): `count` `(Q,)` predictions kept; `centre` `(Q, 2)` mean `(cx, cy)`; `spread` `(Q,)` the
+    root-mean-square distance of the token's box centres from its mean centre; `size` `(Q,)` the median of
+    `sqrt(w * h)` (a box's side if it were square); and `pooled_spread`, the same RMS distance for all kept
+    predictions of all tokens pooled (one number). A token that specialises on a region has `spread` well below
+    `pooled_spread`. Tokens with no kept prediction get NaN.
+    """
+    boxes, scores = preds['boxes'], preds['scores']
+    if boxes.ndim != 3 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:2]:
+        raise ValueError(f"det_token_stats: `preds` must hold boxes (N, Q, 4) and scores (N, Q), got "
+                         f"{tuple(boxes.shape)} and {tuple(scores.shape)}")
+    keep = scores >= min_score                                     # (N, Q)
+    n = keep.sum(0)                                                # (Q,)
+    w = keep.float()[..., None]
+    c = boxes[..., :2]
+    centre = (c * w).sum(0) / n[:, None]                           # (Q, 2); NaN where n == 0
+    spread = (((c - centre) ** 2).sum(-1) * keep).sum(0).div(n).sqrt()
+    side = (boxes[..., 2] * boxes[..., 3]).sqrt()
+    size = torch.stack([side[keep[:, q], q].median() if n[q] else torch.tensor(float('nan')) for q in range(boxes.shape[1])])
+    all_c = c[keep]
+    pooled = ((all_c - all_c.mean(0)) ** 2).sum(-1).mean().sqrt() if len(all_c) else torch.tensor(float('nan'))
+    return {'count': n, 'centre': centre, 'spread': spread, 'size': size, 'pooled_spread': pooled}
+
+# %% ../nbs/13_yolos.ipynb #5c7a99d2
+def plot_det_token_specialisation(preds: dict[str, Tensor], highlight=(0, 1, 2, 3), min_score: float = 0.0):
+    """Figure, three panels, predictions scoring at least `min_score`: the box centres of every [DET] token on all
+    images (one colour per token, image coordinates: y down); the same for the `highlight` tokens only, each
+    labelled at its mean centre; and per token the distribution of `sqrt(w * h)` (box plot, highlighted tokens
+    coloured). Returns the Figure."""
+    import matplotlib.pyplot as plt
+    boxes, scores = preds['boxes'], preds['scores']
+    Q = boxes.shape[1]
+    bad = [t for t in highlight if not 0 <= t < Q]
+    if bad: raise ValueError(f"plot_det_token_specialisation: `highlight` tokens {bad} are not in 0..{Q - 1}")
+    keep = scores >= min_score
+    t20 = plt.get_cmap('tab20')                     # tokens q and q+1 get different hues, not a light/dark pair
+    colour = (lambda q: t20((2 * q) % 20 + (2 * q) // 20)) if Q <= 20 else (lambda q: plt.get_cmap('hsv')(q / Q))
+    fig, ax = plt.subplots(1, 3, figsize=(8, 2.9))
+    for q in range(Q):
+        c = boxes[keep[:, q], q, :2].numpy()
+        ax[0].scatter(c[:, 0], c[:, 1], s=3, color=colour(q), alpha=0.6, lw=0)
+        if q in highlight:
+            ax[1].scatter(c[:, 0], c[:, 1], s=8, color=colour(q), alpha=0.8, lw=0)
+            if len(c): ax[1].annotate(f'[DET] {q}', c.mean(0), xytext=(0, 9), textcoords='offset points',
+                                      fontsize=7, ha='center')
+    for a, title in zip(ax[:2], ['box centres, all tokens', 'highlighted tokens']):
+        a.set_xlim(0, 1); a.set_ylim(1, 0); a.set_aspect('equal'); a.set_title(title, fontsize=9)
+        a.set_xlabel('cx', fontsize=8); a.set_ylabel('cy', fontsize=8); a.tick_params(labelsize=7)
+    side = (boxes[..., 2] * boxes[..., 3]).sqrt()
+    data = [side[keep[:, q], q].numpy() for q in range(Q)]
+    bp = ax[2].boxplot(data, positions=range(Q), widths=0.6, showfliers=False, patch_artist=True)
+    for q, box in enumerate(bp['boxes']):
+        box.set_facecolor(colour(q) if q in highlight else 'lightgrey')
+    ticks = list(range(0, Q, max(1, Q // 10)))
+    ax[2].set_xticks(ticks, [str(t) for t in ticks]); ax[2].tick_params(labelsize=7)
+    ax[2].set_xlabel('[DET] token', fontsize=8); ax[2].set_title('box size sqrt(w h)', fontsize=9)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+# %% ../nbs/13_yolos.ipynb #826c0339
+@torch.no_grad()
+def plot_det_attention(model: YOLOS, image: Tensor, tokens=None, num_tokens: int = 3, layer: int = -1, class_names=None):
+    """Figure: for a few [DET] tokens, the image (in grey) with the token's attention over the patches (layer `layer`,
+    mean over heads, `det_attention_maps`) laid over it and the token's predicted box. `image`: `(3, H, W)` normalised with
+    lesson 08's ImageNet statistics; `tokens`: token indices (default: the `num_tokens` highest-scoring).
+    Returns the Figure."""
+    import matplotlib.pyplot as plt
+    from detr_edu.data import IMAGENET_MEAN, IMAGENET_STD
+    if not isinstance(image, Tensor) or image.ndim != 3:
+        raise ValueError(f"plot_det_attention: `image` must be a (3, H, W) tensor, got {getattr(image, 'shape', type(image))}")
+    model.eval()
+    out = model(image[None], return_attention=True)
+    maps = det_attention_maps(out['det_attentions'][layer], out['patch_grid'])[0].mean(0)   # (Q, h, w)
+    prob = out['pred_logits'][0].softmax(-1)[:, :-1]
+    scores, labels = prob.max(-1)
+    Q = scores.shape[0]
+    tokens = scores.topk(min(num_tokens, Q)).indices.tolist() if tokens is None else list(tokens)
+    bad = [t for t in tokens if not 0 <= t < Q]
+    if bad: raise ValueError(f"plot_det_attention: `tokens` {bad} are not in 0..{Q - 1}")
+    H, W = image.shape[-2:]
+    h, w = out['patch_grid']; p = model.backbone.patch_embed.patch_size
+    rgb = (image.cpu() * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]).clamp(0, 1)
+    fig, axes = plt.subplots(1, len(tokens), figsize=(min(8, 2.2 * len(tokens)), 2.5), squeeze=False)
+    for a, t in zip(axes[0], tokens):
+        a.imshow(rgb.mean(0).numpy(), cmap='gray', vmin=0, vmax=1)          # grey, so the colours are the attention's
+        a.imshow(maps[t].cpu().numpy(), extent=(0, w * p[1], h * p[0], 0), alpha=0.6, cmap='inferno')
+        cx, cy, bw, bh = (out['pred_boxes'][0, t].cpu() * torch.tensor([W, H, W, H])).tolist()
+        a.add_patch(plt.Rectangle((cx - bw / 2, cy - bh / 2), bw, bh, fill=False, color='cyan', lw=1.5))
+        name = class_names.get(int(labels[t]), labels[t].item()) if class_names else int(labels[t])
+        a.set_title(f'[DET] {t}: {name} {scores[t]:.2f}', fontsize=8)
+        a.set_xlim(0, W); a.set_ylim(H, 0); a.axis('off')
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -320,3 +320,169 @@ def test_build_yolos_published_shapes():
     assert sum(p.numel() for p in build_yolos("tiny").parameters()) == pytest.approx(6.49e6, rel=0.01)
     with pytest.raises(ValueError, match="variant"):
         build_yolos("large")
+
+
+# ---------------------------------------------------------------- the trained-model analysis (sections 13-14)
+from pathlib import Path  # noqa: E402
+
+import matplotlib  # noqa: E402
+matplotlib.use("Agg")
+
+from detr_edu.yolos import (det_token_predictions, det_token_stats, load_compact_yolos,  # noqa: E402
+                            plot_det_attention, plot_det_token_specialisation, save_compact_yolos)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "data" / "models" / "yolos_shapes.pth"
+
+
+def small_yolos(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(num_classes=6, image_size=(64, 64), hidden_dim=32, depth=2, num_heads=4, num_detection_tokens=5)
+    cfg.update(kw)
+    return YOLOS(**cfg).eval()
+
+
+def test_compact_checkpoint_round_trip(tmp_path):
+    model = small_yolos(patch_size=8)
+    run = {"model": model.state_dict(), "epoch": 3, "optimizer": {"state": {}},
+           "config": {"model": "yolos", "nheads": 4, "max_size": 64, "class_names": {"1": "a"}}}
+    torch.save(run, tmp_path / "checkpoint.pth")
+    full = (tmp_path / "checkpoint.pth").stat().st_size
+    written = save_compact_yolos(tmp_path / "checkpoint.pth", tmp_path / "compact.pth", stats={"AP": 0.25})
+    assert (tmp_path / "compact.pth").stat().st_size < 0.6 * full                  # float16: about half
+    assert all(v.dtype == torch.float16 for v in written["model"].values())
+    loaded, info = load_compact_yolos(tmp_path / "compact.pth")
+    assert info["stats"] == {"AP": 0.25} and info["num_heads"] == 4 and info["image_size"] == [64, 64]
+    assert info["config"]["class_names"] == {"1": "a"}
+    assert loaded.backbone.patch_embed.patch_size == (8, 8) and loaded.num_detection_tokens == 5
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v.half().float()), k
+    x = torch.rand(2, 3, 64, 72)
+    torch.testing.assert_close(loaded(x)["pred_boxes"], model(x)["pred_boxes"], rtol=0, atol=1e-2)
+
+
+def test_compact_checkpoint_errors(tmp_path):
+    model = small_yolos()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        save_compact_yolos(tmp_path / "missing.pth", tmp_path / "out.pth")
+    with pytest.raises(ValueError, match="'model' and 'config'"):
+        save_compact_yolos(model.state_dict(), tmp_path / "out.pth")
+    with pytest.raises(ValueError, match="nheads"):
+        save_compact_yolos({"model": model.state_dict(), "config": {"max_size": 64}}, tmp_path / "out.pth")
+    torch.save(model.state_dict(), tmp_path / "plain.pth")
+    with pytest.raises(ValueError, match="save_compact_yolos"):
+        load_compact_yolos(tmp_path / "plain.pth")
+    with pytest.raises(FileNotFoundError):
+        load_compact_yolos(tmp_path / "missing.pth")
+
+
+def direct_predictions(model, images):
+    "Reference for det_token_predictions: the model on the padded batch, then token by token in plain Python."
+    with torch.no_grad():
+        out = model(list(images))
+    boxes, scores, labels = [], [], []
+    for i in range(len(images)):
+        for q in range(model.num_detection_tokens):
+            p = out["pred_logits"][i, q].softmax(-1).tolist()[:-1]
+            best = max(range(len(p)), key=lambda c: p[c])
+            boxes.append(out["pred_boxes"][i, q]); scores.append(p[best]); labels.append(best)
+    Q = model.num_detection_tokens
+    return torch.stack(boxes).reshape(len(images), Q, 4), torch.tensor(scores).reshape(-1, Q), torch.tensor(labels).reshape(-1, Q)
+
+
+def test_det_token_predictions_matches_direct_loop():
+    model = small_yolos()
+    # make some tokens prefer "no object", so a wrong argmax over all classes would show
+    with torch.no_grad():
+        model.class_embed.layers[-1].bias[-1] += 3.0
+    imgs = [torch.rand(3, 64, 48), torch.rand(3, 48, 64), torch.rand(3, 64, 64)]
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.rand(1, 4)} for _ in imgs]
+    batches = [(nested_tensor_from_tensor_list(imgs[:2]), targets[:2]), (nested_tensor_from_tensor_list(imgs[2:]), targets[2:])]
+    got = det_token_predictions(model, batches)
+    b0, s0, l0 = direct_predictions(model, imgs[:2])
+    b1, s1, l1 = direct_predictions(model, imgs[2:])
+    torch.testing.assert_close(got["boxes"], torch.cat([b0, b1]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(got["scores"], torch.cat([s0, s1]), rtol=0, atol=1e-6)
+    assert torch.equal(got["labels"], torch.cat([l0, l1]))
+    assert (got["labels"] < 6).all()
+    # bare tensors and lists of images as batches
+    bare = det_token_predictions(model, [imgs[2][None], [imgs[0], imgs[1]]])
+    torch.testing.assert_close(bare["boxes"], torch.cat([b1, b0]), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="no batches"):
+        det_token_predictions(model, [])
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 6), q=st.integers(1, 4), min_score=st.floats(0, 1), seed=st.integers(0, 1000))
+def test_det_token_stats_against_loops(n, q, min_score, seed):
+    g = torch.Generator().manual_seed(seed)
+    preds = {"boxes": torch.rand(n, q, 4, generator=g, dtype=torch.float64),
+             "scores": torch.rand(n, q, generator=g, dtype=torch.float64)}
+    s = det_token_stats(preds, min_score=min_score)
+    pooled = []
+    for t in range(q):
+        kept = [preds["boxes"][i, t] for i in range(n) if preds["scores"][i, t] >= min_score]
+        assert s["count"][t] == len(kept)
+        if not kept:
+            assert torch.isnan(s["spread"][t]) and torch.isnan(s["size"][t])
+            continue
+        cx = sum(b[0].item() for b in kept) / len(kept); cy = sum(b[1].item() for b in kept) / len(kept)
+        rms = (sum((b[0].item() - cx) ** 2 + (b[1].item() - cy) ** 2 for b in kept) / len(kept)) ** 0.5
+        sides = sorted((b[2] * b[3]).sqrt().item() for b in kept)
+        assert s["centre"][t].tolist() == pytest.approx([cx, cy], abs=1e-9)
+        assert s["spread"][t].item() == pytest.approx(rms, abs=1e-9)
+        assert s["size"][t].item() == pytest.approx(sides[(len(sides) - 1) // 2], abs=1e-9)   # torch's lower median
+        pooled += kept
+    if pooled:
+        mx = sum(b[0].item() for b in pooled) / len(pooled); my = sum(b[1].item() for b in pooled) / len(pooled)
+        ref = (sum((b[0].item() - mx) ** 2 + (b[1].item() - my) ** 2 for b in pooled) / len(pooled)) ** 0.5
+        assert s["pooled_spread"].item() == pytest.approx(ref, abs=1e-9)
+
+
+def test_analysis_figures():
+    from matplotlib.figure import Figure
+    model = small_yolos()
+    imgs = torch.rand(4, 3, 64, 48)
+    preds = det_token_predictions(model, [imgs[:2], imgs[2:]])
+    fig = plot_det_token_specialisation(preds, highlight=(1, 3))
+    assert isinstance(fig, Figure) and len(fig.axes) == 3
+    assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == 4 * 5
+    torch.testing.assert_close(torch.tensor(fig.axes[1].collections[1].get_offsets().data, dtype=torch.float32),
+                               preds["boxes"][:, 3, :2], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="highlight"):
+        plot_det_token_specialisation(preds, highlight=(5,))
+    fig = plot_det_attention(model, imgs[0], tokens=[4, 0], layer=0)
+    with torch.no_grad():
+        out = model(imgs[:1], return_attention=True)
+    maps = det_attention_maps(out["det_attentions"][0], out["patch_grid"])[0].mean(0)
+    for ax, t in zip(fig.axes, [4, 0]):
+        assert ax.get_title().startswith(f"[DET] {t}:")
+        torch.testing.assert_close(torch.tensor(ax.images[1].get_array().data), maps[t], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="tokens"):
+        plot_det_attention(model, imgs[0], tokens=[5])
+    with pytest.raises(ValueError, match="image"):
+        plot_det_attention(model, imgs[:1])
+
+
+def test_shipped_shapes_checkpoint():
+    "data/models/yolos_shapes.pth: small, float16, loads into the model its config describes, predicts sensibly."
+    assert SHIPPED.stat().st_size <= 2.1e6
+    raw = torch.load(SHIPPED, map_location="cpu", weights_only=True)
+    assert all(v.dtype == torch.float16 for v in raw["model"].values())
+    model, info = load_compact_yolos(SHIPPED)
+    cfg = info["config"]
+    assert cfg["model"] == "yolos" and cfg["lr_backbone"] == cfg["lr"]
+    assert model.num_detection_tokens == cfg["num_queries"] and model.backbone.depth == cfg["enc_layers"]
+    assert model.backbone.embed_dim == cfg["hidden_dim"] and model.num_classes == cfg["num_classes"]
+    assert {"AP", "AP50"} <= set(info["stats"])
+    from dataclasses import fields
+    from detr_edu.engine import TrainConfig, build_dataset, make_config
+    known = {f.name for f in fields(TrainConfig)}
+    run_cfg = make_config({k: v for k, v in cfg.items() if k in known}, data_path=str(ROOT / "data" / "shapes"))
+    ds = build_dataset(run_cfg, "val")
+    imgs = [ds[0][0], ds[1][0]]
+    got = det_token_predictions(model, [imgs])
+    b, s, l = direct_predictions(model, imgs)
+    torch.testing.assert_close(got["boxes"], b, rtol=0, atol=1e-6)
+    assert torch.equal(got["labels"], l)
+    assert torch.isfinite(got["boxes"]).all() and (got["scores"] > 0).all()
