@@ -99,9 +99,8 @@ RECORDED_YOLOS = [
     (19, 48, 10, 4.457, 4.641, 0.007, 0.002),
 ]
 # What helps YOLOS within the CPU budget: 6 epochs each, train_shapes.py with the settings above but enc_layers=4, then
-# one change per row (--set enc_layers=2 / 8, num_queries=50). 8x8 patches: TrainConfig has no patch-size setting
-# (build_yolos_training uses 16), so that run registered a builder with `engine.register_model('yolos_patch8')`
-# calling build_yolos(..., patch_size=8) and ran this script's main() with model="yolos_patch8". Same machine and load.
+# one change per row (--set enc_layers=2 / 8, num_queries=50, patch_size=8; the 8x8-patch row was run through a builder
+# registered in a scratch script before `patch_size` became a TrainConfig setting: the same model). Same machine and load.
 # Columns: change, patch, blocks, [DET] tokens, M parameters, CPU s per epoch, then at epoch 5: val loss, val L1 (unscaled),
 # val GIoU loss (unscaled), val class error (%), AP50, AP. No run detects anything yet, so the losses decide: 2 blocks
 # learn fastest and cost least, 8 blocks slowest; 8x8 patches help a little per epoch at 2.7x the CPU; 50 tokens lower

@@ -737,6 +737,7 @@ class TrainConfig:
     dim_feedforward: int = _opt(2048, 'feed-forward width in the transformer layers', int)
     dropout: float = _opt(0.1, 'dropout in the transformer', float)
     num_queries: int = _opt(100, 'object queries = detections per image', int)
+    patch_size: int = _opt(16, 'YOLOS: side of the square image patches that become tokens', int)
     aux_loss: bool = _opt(True, 'add the loss of every decoder layer (auxiliary decoding losses)', bool)
     # matcher and loss
     set_cost_class: float = _opt(1.0, 'class weight in the matching cost', float)
@@ -764,7 +765,7 @@ class TrainConfig:
     progress: bool = _opt(True, 'show tqdm progress bars', bool)
 
 _POSITIVE = {'batch_size', 'hidden_dim', 'nheads', 'enc_layers', 'dec_layers', 'dim_feedforward', 'num_queries',
-             'epochs', 'lr_drop', 'eval_every', 'max_iters', 'num_classes', 'max_size', 'lr', 'ema_warmups'}
+             'epochs', 'lr_drop', 'eval_every', 'max_iters', 'num_classes', 'max_size', 'lr', 'ema_warmups', 'patch_size'}
 _NON_NEGATIVE = {'crop_prob', 'num_workers', 'lr_backbone', 'weight_decay', 'clip_max_norm', 'eos_coef', 'dropout',
                  'set_cost_class', 'set_cost_bbox', 'set_cost_giou', 'bbox_loss_coef', 'giou_loss_coef'}
 
@@ -979,7 +980,7 @@ def build_detr_training(cfg: TrainConfig) -> tuple[nn.Module, nn.Module, dict]:
 @register_model('yolos')
 def build_yolos_training(cfg: TrainConfig) -> tuple[nn.Module, nn.Module, dict]:
     """YOLOS (lesson 13) from the config: a ViT of width `hidden_dim`, `enc_layers` blocks, `nheads` heads, MLP width
-    `dim_feedforward`, `num_queries` detection tokens, position embeddings learned at `max_size` x `max_size`; DETR's
+    `dim_feedforward`, `num_queries` detection tokens, `patch_size` patches, position embeddings learned at `max_size` x `max_size`; DETR's
     criterion without auxiliary losses (YOLOS has one output) and `PostProcess`. The whole ViT is YOLOS's `backbone`,
     so it trains at `lr_backbone`: set it equal to `lr`."""
     from detr_edu.yolos import build_yolos
@@ -987,7 +988,7 @@ def build_yolos_training(cfg: TrainConfig) -> tuple[nn.Module, nn.Module, dict]:
     size = (cfg.max_size, cfg.max_size) if cfg.max_size else None
     model = build_yolos('tiny', cfg.num_classes, num_detection_tokens=cfg.num_queries, image_size=size,
                         hidden_dim=cfg.hidden_dim, depth=cfg.enc_layers, num_heads=cfg.nheads,
-                        intermediate_size=cfg.dim_feedforward)
+                        intermediate_size=cfg.dim_feedforward, patch_size=cfg.patch_size)
     weight_dict = detr_weight_dict(1.0, cfg.bbox_loss_coef, cfg.giou_loss_coef, aux_loss=False)
     return model, _set_criterion(cfg, weight_dict), {'bbox': PostProcess()}
 
