@@ -464,7 +464,10 @@ def grade_notebook(path, source=None, timeout: float = 60, kernel_name: str = "p
         try: client.execute(cwd=tmp)
         except DeadKernelError as e: report.notes.append(f"the kernel died ({e}); the cells after it did not run")
         except Exception as e: report.notes.append(f"execution stopped: {type(e).__name__}: {e}")
-    origins = _origins(nb.cells[-1]); nb.cells.pop()
+    last = nb.cells.pop()
+    origins = _origins(last)
+    if last.get("execution_count") is None and not report.notes:
+        report.notes.append("the run stopped before the end of the notebook")
     graded_at = {i: gid for gid, i in where.items()}
     for i, c in enumerate(nb["cells"]):
         if c.get("cell_type") != "code": continue

@@ -529,4 +529,227 @@ def ms_deform_attn_core_pytorch(value, value_spatial_shapes, sampling_locations,
     return _ok(value, value_spatial_shapes, sampling_locations, attention_weights.flatten(-2).softmax(-1).view(N, Lq, M, L, P))
 '''),
 ],
+# --- lesson 11: Deformable DETR -------------------------------------------------------------------------
+"inverse_sigmoid": [
+("log instead of logit (log x, not log x / (1 - x))", '''
+def inverse_sigmoid(x, eps=1e-5):
+    return torch.log(x.clamp(min=eps, max=1))
+'''),
+("no clamping: 0 and 1 give -inf and +inf", '''
+def inverse_sigmoid(x, eps=1e-5):
+    return torch.log(x / (1 - x))
+'''),
+("only x clamped to eps, not 1 - x", '''
+def inverse_sigmoid(x, eps=1e-5):
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x))
+'''),
+("the logit clamped instead of x and 1 - x (NaN outside [0, 1])", '''
+def inverse_sigmoid(x, eps=1e-5):
+    return torch.log(x / (1 - x)).clamp(math.log(eps), -math.log(eps))
+'''),
+("`eps` argument ignored (1e-5 hard-coded)", '''
+def inverse_sigmoid(x, eps=1e-5):
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=1e-5) / (1 - x).clamp(min=1e-5))
+'''),
+("values outside [0, 1] not clamped into it first", '''
+def inverse_sigmoid(x, eps=1e-5):
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+'''),
+],
+"get_reference_points": [
+("the +0.5 pixel-centre offset forgotten (token corners)", '''
+def get_reference_points(spatial_shapes, valid_ratios, device=None):
+    points = []
+    for lvl, (H, W) in enumerate(torch.as_tensor(spatial_shapes).tolist()):
+        ref_y, ref_x = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+        ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * H)
+        ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, lvl, 0] * W)
+        points.append(torch.stack((ref_x, ref_y), -1))
+    return torch.cat(points, 1)[:, :, None] * valid_ratios[:, None]
+'''),
+("valid ratios ignored: centres normalised by the padded size on every level", '''
+def get_reference_points(spatial_shapes, valid_ratios, device=None):
+    points = []
+    for H, W in torch.as_tensor(spatial_shapes).tolist():
+        ref_y, ref_x = torch.meshgrid((torch.arange(H) + 0.5) / H, (torch.arange(W) + 0.5) / W, indexing="ij")
+        points.append(torch.stack((ref_x.reshape(-1), ref_y.reshape(-1)), -1))
+    ref = torch.cat(points, 0).float()
+    return ref[None, :, None].expand(valid_ratios.shape[0], -1, valid_ratios.shape[1], -1).clone()
+'''),
+("divided by the valid size but not scaled into each level's padded map", '''
+def get_reference_points(spatial_shapes, valid_ratios, device=None):
+    points = []
+    for lvl, (H, W) in enumerate(torch.as_tensor(spatial_shapes).tolist()):
+        ref_y, ref_x = torch.meshgrid(torch.linspace(0.5, H - 0.5, H), torch.linspace(0.5, W - 0.5, W), indexing="ij")
+        ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * H)
+        ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, lvl, 0] * W)
+        points.append(torch.stack((ref_x, ref_y), -1))
+    ref = torch.cat(points, 1)
+    return ref[:, :, None].expand(-1, -1, valid_ratios.shape[1], -1).clone()
+'''),
+("(y, x) instead of (x, y)", '''
+_ok = get_reference_points
+def get_reference_points(spatial_shapes, valid_ratios, device=None):
+    return _ok(spatial_shapes, valid_ratios, device).flip(-1)
+'''),
+("tokens in column-major order (x before y)", '''
+def get_reference_points(spatial_shapes, valid_ratios, device=None):
+    points = []
+    for lvl, (H, W) in enumerate(torch.as_tensor(spatial_shapes).tolist()):
+        ref_x, ref_y = torch.meshgrid(torch.linspace(0.5, W - 0.5, W), torch.linspace(0.5, H - 0.5, H), indexing="ij")
+        ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * H)
+        ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, lvl, 0] * W)
+        points.append(torch.stack((ref_x, ref_y), -1))
+    return torch.cat(points, 1)[:, :, None] * valid_ratios[:, None]
+'''),
+("valid ratios read as (h, w): x divided by the height ratio", '''
+_ok = get_reference_points
+def get_reference_points(spatial_shapes, valid_ratios, device=None):
+    return _ok(spatial_shapes, valid_ratios.flip(-1), device)
+'''),
+],
+# --- lesson 12: RT-DETR ---------------------------------------------------------------------------------
+"generate_anchors": [
+("the +0.5 offset missing: anchors at the cells' top-left corners", '''
+def generate_anchors(spatial_shapes, grid_size=0.05, eps=0.01, dtype=torch.float32, device=None):
+    anchors = []
+    for lvl, (h, w) in enumerate(_shapes_list(spatial_shapes, "generate_anchors")):
+        y, x = torch.meshgrid(torch.arange(h, dtype=dtype), torch.arange(w, dtype=dtype), indexing="ij")
+        cxcy = torch.stack([x, y], -1) / torch.tensor([w, h], dtype=dtype)
+        anchors.append(torch.cat([cxcy, torch.full_like(cxcy, grid_size * 2.0 ** lvl)], -1).reshape(1, h * w, 4))
+    anchors = torch.cat(anchors, 1)
+    valid = ((anchors > eps) & (anchors < 1 - eps)).all(-1, keepdim=True)
+    return torch.where(valid, torch.log(anchors / (1 - anchors)), torch.inf), valid
+'''),
+("log instead of logit", '''
+_ok = generate_anchors
+def generate_anchors(spatial_shapes, grid_size=0.05, eps=0.01, dtype=torch.float32, device=None):
+    a, valid = _ok(spatial_shapes, grid_size, eps, dtype, device)
+    return torch.where(valid, torch.log(a.sigmoid()), torch.inf), valid
+'''),
+("size grows linearly (grid_size * (l + 1)), not doubling per level", '''
+def generate_anchors(spatial_shapes, grid_size=0.05, eps=0.01, dtype=torch.float32, device=None):
+    anchors = []
+    for lvl, (h, w) in enumerate(_shapes_list(spatial_shapes, "generate_anchors")):
+        y, x = torch.meshgrid(torch.arange(h, dtype=dtype), torch.arange(w, dtype=dtype), indexing="ij")
+        cxcy = (torch.stack([x, y], -1) + 0.5) / torch.tensor([w, h], dtype=dtype)
+        anchors.append(torch.cat([cxcy, torch.full_like(cxcy, grid_size * (lvl + 1))], -1).reshape(1, h * w, 4))
+    anchors = torch.cat(anchors, 1)
+    valid = ((anchors > eps) & (anchors < 1 - eps)).all(-1, keepdim=True)
+    return torch.where(valid, torch.log(anchors / (1 - anchors)), torch.inf), valid
+'''),
+("x and y swapped", '''
+_ok = generate_anchors
+def generate_anchors(spatial_shapes, grid_size=0.05, eps=0.01, dtype=torch.float32, device=None):
+    a, valid = _ok(spatial_shapes, grid_size, eps, dtype, device)
+    return a[..., [1, 0, 2, 3]], valid
+'''),
+("invalid anchors left finite (0) instead of +inf", '''
+_ok = generate_anchors
+def generate_anchors(spatial_shapes, grid_size=0.05, eps=0.01, dtype=torch.float32, device=None):
+    a, valid = _ok(spatial_shapes, grid_size, eps, dtype, device)
+    return torch.where(valid, a, 0.0), valid
+'''),
+("anchors clamped into (eps, 1 - eps) instead of marked invalid", '''
+_ok = generate_anchors
+def generate_anchors(spatial_shapes, grid_size=0.05, eps=0.01, dtype=torch.float32, device=None):
+    a, _ = _ok(spatial_shapes, grid_size, -1.0, dtype, device)
+    a = a.sigmoid().clamp(eps, 1 - eps)
+    return torch.log(a / (1 - a)), torch.ones(*a.shape[:2], 1, dtype=torch.bool)
+'''),
+("validity tested on the centre only, not the size", '''
+_ok = generate_anchors
+def generate_anchors(spatial_shapes, grid_size=0.05, eps=0.01, dtype=torch.float32, device=None):
+    a, _ = _ok(spatial_shapes, grid_size, -1.0, dtype, device)
+    c = a[..., :2].sigmoid()
+    valid = ((c > eps) & (c < 1 - eps)).all(-1, keepdim=True)
+    return torch.where(valid, a, torch.inf), valid
+'''),
+("valid_mask (1, S) without its last dimension", '''
+_ok = generate_anchors
+def generate_anchors(spatial_shapes, grid_size=0.05, eps=0.01, dtype=torch.float32, device=None):
+    a, valid = _ok(spatial_shapes, grid_size, eps, dtype, device)
+    return a, valid[..., 0]
+'''),
+],
+"select_topk": [
+("ranked by the sum of the class logits, not their maximum", '''
+def select_topk(scores, k, *tensors):
+    if scores.ndim != 3 or not 0 < k <= scores.shape[1]: raise ValueError("select_topk: need `scores` (B, S, C) with 0 < k <= S")
+    _, ind = torch.topk(scores.sum(-1), k, dim=1)
+    return ind, [t.gather(1, ind[..., None].expand(-1, -1, t.shape[-1])) for t in tensors]
+'''),
+("ranked by the first class only (Deformable DETR's objectness)", '''
+def select_topk(scores, k, *tensors):
+    if scores.ndim != 3 or not 0 < k <= scores.shape[1]: raise ValueError("select_topk: need `scores` (B, S, C) with 0 < k <= S")
+    _, ind = torch.topk(scores[..., 0], k, dim=1)
+    return ind, [t.gather(1, ind[..., None].expand(-1, -1, t.shape[-1])) for t in tensors]
+'''),
+("the k lowest scores", '''
+def select_topk(scores, k, *tensors):
+    if scores.ndim != 3 or not 0 < k <= scores.shape[1]: raise ValueError("select_topk: need `scores` (B, S, C) with 0 < k <= S")
+    _, ind = torch.topk(scores.max(-1).values, k, dim=1, largest=False)
+    return ind, [t.gather(1, ind[..., None].expand(-1, -1, t.shape[-1])) for t in tensors]
+'''),
+("indices sorted by position instead of best first", '''
+def select_topk(scores, k, *tensors):
+    if scores.ndim != 3 or not 0 < k <= scores.shape[1]: raise ValueError("select_topk: need `scores` (B, S, C) with 0 < k <= S")
+    ind = torch.topk(scores.max(-1).values, k, dim=1).indices.sort(1).values
+    return ind, [t.gather(1, ind[..., None].expand(-1, -1, t.shape[-1])) for t in tensors]
+'''),
+("the first image's indices used for every image", '''
+def select_topk(scores, k, *tensors):
+    if scores.ndim != 3 or not 0 < k <= scores.shape[1]: raise ValueError("select_topk: need `scores` (B, S, C) with 0 < k <= S")
+    _, ind = torch.topk(scores.max(-1).values, k, dim=1)
+    return ind, [t[:, ind[0]] for t in tensors]
+'''),
+],
+"denoising_attn_mask": [
+("matching queries may see the denoising queries", '''
+_ok = denoising_attn_mask
+def denoising_attn_mask(num_denoising, group_size, num_queries, device=None):
+    m = _ok(num_denoising, group_size, num_queries, device)
+    m[num_denoising:, :num_denoising] = False
+    return m
+'''),
+("denoising groups may see each other", '''
+def denoising_attn_mask(num_denoising, group_size, num_queries, device=None):
+    n = num_denoising + num_queries
+    m = torch.zeros(n, n, dtype=torch.bool)
+    m[num_denoising:, :num_denoising] = True
+    return m
+'''),
+("denoising queries may not see the matching queries", '''
+_ok = denoising_attn_mask
+def denoising_attn_mask(num_denoising, group_size, num_queries, device=None):
+    m = _ok(num_denoising, group_size, num_queries, device)
+    m[:num_denoising, num_denoising:] = True
+    return m
+'''),
+("inverted: True where attention is allowed", '''
+_ok = denoising_attn_mask
+def denoising_attn_mask(num_denoising, group_size, num_queries, device=None):
+    return ~_ok(num_denoising, group_size, num_queries, device)
+'''),
+("group of query i taken as i % group_size", '''
+def denoising_attn_mask(num_denoising, group_size, num_queries, device=None):
+    n = num_denoising + num_queries
+    m = torch.zeros(n, n, dtype=torch.bool)
+    m[num_denoising:, :num_denoising] = True
+    g = torch.arange(num_denoising) % group_size
+    m[:num_denoising, :num_denoising] = g[:, None] != g[None, :]
+    return m
+'''),
+("group size and number of groups confused: i // (num_denoising // group_size)", '''
+def denoising_attn_mask(num_denoising, group_size, num_queries, device=None):
+    n = num_denoising + num_queries
+    m = torch.zeros(n, n, dtype=torch.bool)
+    m[num_denoising:, :num_denoising] = True
+    g = torch.arange(num_denoising) // (num_denoising // group_size)
+    m[:num_denoising, :num_denoising] = g[:, None] != g[None, :]
+    return m
+'''),
+],
 }
