@@ -27,7 +27,7 @@ __all__ = ['RESNET_BLOCKS', 'RTDETR_CONFIGS', 'get_activation', 'ConvNormLayer',
            'MaskedMultiheadAttention', 'RTDETRDecoderLayer', 'RTDETRDecoder', 'bias_init_with_prob',
            'RTDETRTransformer', 'RTDETR', 'RTDETRPostProcessor', 'build_rtdetr', 'varifocal_loss',
            'get_cdn_matched_indices', 'RTDETRCriterion', 'rtdetr_weight_dict', 'build_rtdetr_criterion',
-           'make_rtdetr_transforms', 'infer_rtdetr_config', 'rtdetr_from_official']
+           'make_rtdetr_transforms', 'score_iou_pairs', 'infer_rtdetr_config', 'rtdetr_from_official']
 
 # %% ../nbs/12_rtdetr.ipynb #2f2ad715
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
@@ -934,6 +934,31 @@ def make_rtdetr_transforms(split: str, size: int = 640, zoom_crop_prob: float = 
     sanitize = v2.SanitizeBoundingBoxes(min_size=1, labels_getter=_per_box_fields)
     zoom_crop = v2.RandomApply([v2.RandomZoomOut(fill=0), v2.RandomIoUCrop(), sanitize], p=zoom_crop_prob)
     return Compose([v2.ToImage(), v2.RandomPhotometricDistort(p=0.5), zoom_crop, v2.RandomHorizontalFlip(hflip_prob), *finish])
+
+# %% ../nbs/12_rtdetr.ipynb #bf0f62e0
+@torch.no_grad()
+def score_iou_pairs(model: RTDETR, data_loader, max_batches: int | None = None) -> dict[str, Tensor]:
+    """Score against IoU for every selected query of every image in `data_loader` (batches `(images, targets)`:
+    images as `RTDETR.forward` takes them, targets with normalised cxcywh `boxes`), in eval mode. Returns
+    `{'enc_score', 'enc_iou', 'dec_score', 'dec_iou', 'image'}`, each `(N,)` with N = images x num_queries: the best
+    sigmoid class score of a query and the IoU of its box with the closest target box (0 for an image without
+    targets), for the encoder's selection and the final decoder layer; `image` is the image's index in the loader."""
+    model.eval()
+    out = {k: [] for k in ('enc_score', 'enc_iou', 'dec_score', 'dec_iou', 'image')}
+    seen = 0
+    for i, (images, targets) in enumerate(data_loader):
+        if max_batches is not None and i >= max_batches: break
+        res = model(images, return_intermediate=True)
+        for b, t in enumerate(targets):
+            gt = box_cxcywh_to_xyxy(t["boxes"].to(res["pred_boxes"]))
+            for part, logits, boxes in (("enc", res["enc_topk_logits"][b], res["enc_topk_bboxes"][b]),
+                                        ("dec", res["pred_logits"][b], res["pred_boxes"][b])):
+                out[f"{part}_score"].append(logits.sigmoid().max(-1).values)
+                iou = box_iou(box_cxcywh_to_xyxy(boxes), gt)[0].max(-1).values if len(gt) else boxes.new_zeros(len(boxes))
+                out[f"{part}_iou"].append(iou)
+            out["image"].append(torch.full((res["pred_boxes"].shape[1],), seen + b))
+        seen += len(targets)
+    return {k: torch.cat(v).cpu() for k, v in out.items()}
 
 # %% ../nbs/12_rtdetr.ipynb #b707c6fe
 def _count(sd: dict, prefix: str) -> int:
