@@ -6,7 +6,7 @@ Docs: https://detr-edu.github.io/detr_edu/assignments.html.md"""
 
 # %% ../nbs/17_assignments.ipynb #1cbc05ee
 from __future__ import annotations
-import argparse, ast, copy, hashlib, json, os, re, sys, tempfile, time
+import argparse, ast, copy, hashlib, json, re, tempfile, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Sequence
@@ -133,33 +133,28 @@ def add_solution_markers(source: str, names: Sequence[str] | None = None) -> str
         lines[start:end] = [ind + BEGIN_SOLUTION] + lines[start:end] + [ind + END_SOLUTION]
     return "\n".join(lines)
 
-def clear_solutions(source: str, stub: str = CODE_STUB) -> str:
-    "Replace each marked solution region by `stub`, indented like its BEGIN line (as nbgrader's ClearSolutions)."
+def _replace_blocks(source: str, begin: str, end: str, name: str, replace) -> str:
+    "Each `begin` ... `end` block of `source` (marker lines included) becomes `replace(begin_line)`, a list of lines."
     new, inside = [], False
     for line in source.split("\n"):
-        if BEGIN_SOLUTION in line:
-            if inside: raise ValueError("nested BEGIN SOLUTION")
-            inside = True; new += [_indent(line) + s for s in stub.split("\n")]
-        elif END_SOLUTION in line:
-            if not inside: raise ValueError("END SOLUTION without BEGIN SOLUTION")
+        if begin in line:
+            if inside: raise ValueError(f"nested BEGIN {name}")
+            inside = True; new += replace(line)
+        elif end in line:
+            if not inside: raise ValueError(f"END {name} without BEGIN {name}")
             inside = False
         elif not inside: new.append(line)
-    if inside: raise ValueError("BEGIN SOLUTION without END SOLUTION")
+    if inside: raise ValueError(f"BEGIN {name} without END {name}")
     return "\n".join(new)
+
+def clear_solutions(source: str, stub: str = CODE_STUB) -> str:
+    "Replace each marked solution region by `stub`, indented like its BEGIN line (as nbgrader's ClearSolutions)."
+    return _replace_blocks(source, BEGIN_SOLUTION, END_SOLUTION, "SOLUTION",
+                           lambda line: [_indent(line) + s for s in stub.split("\n")])
 
 def strip_hidden_tests(source: str) -> str:
     "`source` without its `### BEGIN HIDDEN TESTS` ... `### END HIDDEN TESTS` blocks (as nbgrader's ClearHiddenTests)."
-    new, inside = [], False
-    for line in source.split("\n"):
-        if BEGIN_HIDDEN in line:
-            if inside: raise ValueError("nested BEGIN HIDDEN TESTS")
-            inside = True
-        elif END_HIDDEN in line:
-            if not inside: raise ValueError("END HIDDEN TESTS without BEGIN HIDDEN TESTS")
-            inside = False
-        elif not inside: new.append(line)
-    if inside: raise ValueError("BEGIN HIDDEN TESTS without END HIDDEN TESTS")
-    return "\n".join(new)
+    return _replace_blocks(source, BEGIN_HIDDEN, END_HIDDEN, "HIDDEN TESTS", lambda line: [])
 
 def checksum(source: str) -> str:
     "sha256 of a cell's source, ignoring trailing whitespace on lines and at the end."

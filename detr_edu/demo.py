@@ -8,8 +8,6 @@ Docs: https://detr-edu.github.io/detr_edu/shapes_demo.html.md"""
 from __future__ import annotations
 import math, os, shutil, time
 from pathlib import Path
-
-import numpy as np
 from typing import Mapping, Sequence
 
 import torch

@@ -6,7 +6,7 @@ Docs: https://detr-edu.github.io/detr_edu/explorer.html.md"""
 
 # %% ../nbs/18_explorer.ipynb #1b45c35b
 from __future__ import annotations
-import argparse, io, os, signal, subprocess, sys, tempfile, threading, time
+import argparse, io, os, signal, subprocess, sys, tempfile, threading
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -288,7 +288,6 @@ class Explorer:
     # --- clicks ---------------------------------------------------------------------------------------------
     def _make_click_canvas(self):
         "An ipympl canvas (a widget) with the image and its detections; clicks go to `_on_canvas_click`."
-        from matplotlib.figure import Figure
         from ipympl.backend_nbagg import Canvas, FigureManager
         self.click_figure, _ = _fast_figure(1)
         self.click_canvas = Canvas(self.click_figure)

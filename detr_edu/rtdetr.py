@@ -15,7 +15,7 @@ from .backbone import FrozenBatchNorm2d
 from .nested_tensor import NestedTensor
 from .box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from .detr import MLP
-from .transformer import (MultiheadAttention, TransformerEncoderLayer, TransformerEncoder, split_heads,
+from .transformer import (MultiheadAttention, TransformerEncoderLayer, TransformerEncoder,
                                   merge_heads, with_pos_embed, _get_clones)
 from .deformable_detr import inverse_sigmoid
 from .ms_deform_attn import MSDeformAttn

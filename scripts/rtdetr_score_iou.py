@@ -31,7 +31,7 @@ def main(argv=None):
     cfg = make_config({k: v for k, v in ck['config'].items() if k in known}, num_workers=0)
     if cfg.model != 'rtdetr': p.error(f'checkpoint: a run of --model rtdetr is needed, got {cfg.model!r}')
     loader = build_loader(cfg, build_dataset(cfg, 'val'), train=False)
-    pairs = score_iou_pairs(model, ((s, list(t)) for s, t in loader))
+    pairs = score_iou_pairs(model, loader)
     meta = {'epoch': int(ck['epoch']), 'config': {k: ck['config'][k] for k in ('model', 'backbone', 'hidden_dim', 'dec_layers',
                                                                              'num_queries', 'max_size', 'lr', 'ema_decay')}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

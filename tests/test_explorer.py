@@ -5,7 +5,7 @@ The browser test needs Debian's chromium and chromedriver (`apt-get install -y c
 and voila; elsewhere it skips with a message, under CI (CI=true) a missing piece is a failure."""
 from __future__ import annotations
 
-import io, os, shutil, socket, subprocess, sys, tempfile, time, urllib.request
+import io, os, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 import pytest
@@ -81,7 +81,7 @@ def test_upload_and_bad_input(detr, shapes, tmp_path):
     png = ex.pairs_image.value
     ex._on_upload([{'name': 'b.jpg', 'content': b'\x00garbage'}])
     assert 'b.jpg' in ex.message.value and 'not a readable image' in ex.message.value
-    assert ex.num_images == 2
+    assert ex.num_images == 2 and ex.pairs_image.value == png       # the bad file changed nothing shown
     # empty data, missing checkpoint, checkpoint for another class count
     assert 'no images' in E.Explorer(model, [], class_names=names).message.value
     assert 'not a file' in E.Explorer(tmp_path / 'missing.pth', ds, class_names=names).message.value

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from detr_edu.engine import make_config, build_model, save_checkpoint, append_jsonl
+from detr_edu.engine import save_checkpoint, append_jsonl
 from detr_edu.matcher import HungarianMatcher, hungarian_assignment
 from detr_edu.yolos import YOLOS, det_attention_maps
 from detr_edu import visualize as V
