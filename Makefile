@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.detr_edu-installed
 export MPLBACKEND := Agg
 
-.PHONY: demo test setup browser sync-check nbtest pytest readme export clean-nbs docs
+.PHONY: demo test setup browser sync-check layering nbtest pytest readme export clean-nbs docs
 
 setup: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python scripts/train_shapes_demo.py --out outputs
 
-test: $(STAMP) browser sync-check nbtest pytest
+test: $(STAMP) browser sync-check layering nbtest pytest
 	@echo "all checks passed"
 
 # The website tests open every page in headless Chromium: Debian's chromium + chromium-driver.
@@ -43,6 +43,10 @@ sync-check: $(STAMP)
 	  git status --short -- nbs detr_edu; exit 1; fi; \
 	echo "notebooks clean, library in sync with nbs/"
 	@$(BIN)/python scripts/make_readme.py --check && echo "README.md in sync with nbs/index.ipynb"
+
+# every module imports only what earlier lessons export, and no two modules import each other
+layering: $(STAMP)
+	$(BIN)/python scripts/check_imports.py
 
 nbtest: $(STAMP)
 	$(BIN)/nbdev-test --n-workers 2 --timing

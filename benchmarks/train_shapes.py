@@ -47,7 +47,7 @@ RECORDED = [
     (19, 33, 45, 7.424, 7.562, 0.176, 0.072),
     (20, 49, 45, 7.202, 7.607, 0.165, 0.066),
 ]
-# Deformable DETR (lesson 11) with the same data, queries, width, layers, lr and batch, recorded 2026-12-02 on the
+# Deformable DETR (lesson 12) with the same data, queries, width, layers, lr and batch, recorded 2026-12-02 on the
 # same machine, free (load average ~1): `--set model="deformable_detr" backbone="resnet18" backbone_batchnorm=True`
 # (4 levels from a ResNet-18 with trainable BatchNorm, focal loss, 12.6 M parameters). Same columns as RECORDED.
 # It passes DETR's final AP50 (0.176 after 20 epochs) at epoch 3, after 4.5 minutes: the multi-scale deformable
@@ -66,7 +66,7 @@ RECORDED_DEFORMABLE = [
 # iteration of 4 images (0.62 s per image) against 1.2-1.7 s per 8 images (0.15-0.22 s per image): about 3x fewer
 # images per quarter of an hour.
 
-# ---- YOLOS (lesson 13) ------------------------------------------------------------------------------------------------
+# ---- YOLOS (lesson 14) ------------------------------------------------------------------------------------------------
 # Recorded 2026-12-02 on the same 2-core machine, heavily shared (load average 5-9: another training ran throughout),
 # one torch thread (OMP_NUM_THREADS=1; with 2 threads on the loaded machine each iteration was ~9x slower), nice 5:
 #   OMP_NUM_THREADS=1 python benchmarks/train_shapes.py --epochs 20 --output_dir /tmp/yolos_runs/main --set model="yolos"
@@ -76,7 +76,7 @@ RECORDED_DEFORMABLE = [
 # Epochs 0-5 are the "2 blocks" ablation run below, resumed (exact resume) in the same folder to epoch 19. Same columns
 # as RECORDED. Wall time is mostly waiting for the shared cores: ~9 CPU s of training per epoch, 3 CPU-minutes in all.
 # A ViT trained from scratch on 1000 images is weak: AP50 0.007 after 20 epochs, where DETR (small CNN) reached 0.176.
-# data/models/yolos_shapes.pth is this run's last epoch in float16 (lesson 13 analyses it).
+# data/models/yolos_shapes.pth is this run's last epoch in float16 (lesson 14 analyses it).
 RECORDED_YOLOS = [
     (0, 28, 8, 5.158, 5.043, 0.005, 0.001),
     (1, 33, 9, 4.864, 4.994, 0.006, 0.002),
@@ -123,7 +123,7 @@ def yolos_ablation_table(rows=RECORDED_YOLOS_ABLATION) -> str:
     return '\n'.join(out)
 # ---- end of YOLOS -----------------------------------------------------------------------------------------------------
 
-# ---- RT-DETR (lesson 12) ---------------------------------------------------------------------------------------------
+# ---- RT-DETR (lesson 13) ---------------------------------------------------------------------------------------------
 # Recorded 2026-12-02 on the same 2-core machine: the demo settings with RT-DETR's model and recipe,
 #   python benchmarks/train_shapes.py --epochs 12 --set model="rtdetr" backbone="resnet18"
 # i.e. PResNet-18-vd (trainable BatchNorm, as rtdetr_r18vd), hidden 128, 4 heads, 1 AIFI layer, 3 decoder layers,
@@ -133,7 +133,7 @@ def yolos_ablation_table(rows=RECORDED_YOLOS_ABLATION) -> str:
 # the run was then resumed from its epoch-0 checkpoint with OMP_NUM_THREADS=1 (one other job on the second core).
 # Same columns as RECORDED; the val loss has only the final layer's terms (no auxiliary or denoising outputs in eval
 # mode), so it is smaller than the train loss. AP50 0.75 after 11 epochs, ~25 CPU-minutes: the goal of 0.8 is within
-# reach of this family, not of DETR. The score-against-IoU figure of lesson 12 comes from this run's last checkpoint
+# reach of this family, not of DETR. The score-against-IoU figure of lesson 13 comes from this run's last checkpoint
 # (scripts/rtdetr_score_iou.py -> data/results/rtdetr_shapes_score_iou.pt).
 RECORDED_RTDETR = [
     (0, 1877, 866, 22.717, 3.068, 0.119, 0.053),

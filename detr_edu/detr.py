@@ -6,6 +6,9 @@ Docs: https://detr-edu.github.io/detr_edu/detr.html.md"""
 
 # %% ../nbs/05_detr.ipynb #933210ac
 from __future__ import annotations
+import argparse, os, re
+from pathlib import Path
+from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
@@ -15,7 +18,9 @@ from .backbone import build_backbone
 from .transformer import Transformer
 
 # %% auto #0
-__all__ = ['MLP', 'DETR', 'PostProcess', 'build_detr']
+__all__ = ['RESNET_LAYOUTS', 'MLP', 'DETR', 'PostProcess', 'build_detr', 'read_checkpoint', 'CheckpointMismatchError',
+           'check_state_dict', 'load_checked', 'count_indices', 'infer_detr_config', 'decide_dilation',
+           'detr_from_official']
 
 # %% ../nbs/05_detr.ipynb #67ca3cd5
 class MLP(nn.Module):
@@ -112,3 +117,114 @@ def build_detr(num_classes: int, backbone: str = "resnet50", hidden_dim: int = 2
                      dim_feedforward=dim_feedforward, dropout=dropout, normalize_before=pre_norm,
                      return_intermediate_dec=True)
     return DETR(bb, tr, num_classes=num_classes, num_queries=num_queries, aux_loss=aux_loss)
+
+# %% ../nbs/05_detr.ipynb #65a74fb4
+def read_checkpoint(checkpoint, who: str = "read_checkpoint", prefer_ema: bool = False
+                    ) -> tuple[dict[str, Tensor], argparse.Namespace | None, str | None]:
+    """`checkpoint`: a path, a dict with key `'model'` (and with `prefer_ema`, RT-DETR's `'ema': {'module': ...}`,
+    taken first), or a bare state dict. Returns `(state_dict, args or None, path or None)`; files are read with
+    `torch.load(weights_only=True)`. Errors start with `who`, the function the user called."""
+    path = None
+    if isinstance(checkpoint, (str, os.PathLike)):
+        path = str(checkpoint)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{who}: no checkpoint file at {path!r}")
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict):
+        raise TypeError(f"{who}: `checkpoint` must be a path, a dict with 'model' or a state dict, got {type(checkpoint).__name__}")
+    args = checkpoint.get("args")
+    ema = checkpoint.get("ema")
+    if prefer_ema and isinstance(ema, dict) and isinstance(ema.get("module"), dict): sd = ema["module"]
+    elif isinstance(checkpoint.get("model"), dict): sd = checkpoint["model"]
+    else: sd, args = checkpoint, None
+    bad = [k for k, v in sd.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise TypeError(f"{who}: the state dict must map names to tensors; not tensors: {bad[:5]}")
+    return dict(sd), args if isinstance(args, argparse.Namespace) else None, path
+
+# %% ../nbs/05_detr.ipynb #fd3b454c
+class CheckpointMismatchError(KeyError, ValueError):
+    "A state dict that does not fit a model: its message lists missing keys, unexpected keys and shape mismatches."
+    def __str__(self) -> str: return str(self.args[0]) if self.args else ""
+
+def _batchnorm_counter(key: str) -> bool: return key.endswith("num_batches_tracked")
+
+def check_state_dict(expected: Mapping[str, Tensor], state_dict: Mapping[str, Tensor], who: str,
+                     model: str = "the model", spelled: Mapping[str, str] | None = None,
+                     ignore: Callable[[str], bool] = _batchnorm_counter):
+    """Compare `state_dict` with `expected` (a model's `state_dict()`; meta tensors do). Raise `CheckpointMismatchError`
+    naming every missing key, every unexpected key and every shape mismatch; keys with `ignore(key)` are skipped
+    (BatchNorm's `num_batches_tracked` by default). `spelled[key]` is the name of `key` in the user's file when a
+    converter renamed it; unexpected and misshapen keys are reported in that spelling. `who`: the caller, for the message."""
+    name = lambda k: spelled.get(k, k) if spelled else k
+    missing = sorted(k for k in expected if k not in state_dict and not ignore(k))
+    unexpected = sorted(name(k) for k in state_dict if k not in expected and not ignore(k))
+    shapes = [f"{name(k)}: checkpoint {tuple(state_dict[k].shape)}, model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state_dict and not ignore(k) and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        raise CheckpointMismatchError(f"{who}: the checkpoint does not fit {model}; missing keys: {missing}; "
+                                      f"unexpected keys: {unexpected}; shape mismatches: {shapes}")
+
+def load_checked(model: nn.Module, state_dict: Mapping[str, Tensor], who: str, description: str = "the model",
+                 spelled: Mapping[str, str] | None = None, ignore: Callable[[str], bool] = _batchnorm_counter) -> nn.Module:
+    """`check_state_dict` against `model`, then load the tensors the model has (ignored extras are dropped) and
+    return `model` in eval mode."""
+    expected = model.state_dict()
+    check_state_dict(expected, state_dict, who, description, spelled, ignore)
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in expected and not ignore(k)}, strict=False)
+    return model.eval()
+
+# %% ../nbs/05_detr.ipynb #aeb317dd
+RESNET_LAYOUTS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34",
+                   ((3, 4, 6, 3), True): "resnet50", ((3, 4, 23, 3), True): "resnet101"}
+
+def count_indices(sd: dict, prefix: str) -> int:
+    "1 + the largest N among keys `prefix + 'N.'...` (0 when there are none)."
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    found = [int(m.group(1)) for k in sd if (m := pat.match(k))]
+    return max(found) + 1 if found else 0
+
+def infer_detr_config(state_dict: dict[str, Tensor]) -> dict:
+    """Read `build_detr` keyword arguments off an official-layout DETR state dict (see the table above):
+    num_classes, hidden_dim, num_queries, enc_layers, dec_layers, dim_feedforward, backbone, pre_norm,
+    position_embedding. `nheads` and `dilation` cannot be inferred and are not returned."""
+    need = ["class_embed.weight", "query_embed.weight", "transformer.encoder.layers.0.linear1.weight",
+            "backbone.0.body.conv1.weight"]
+    missing = [k for k in need if k not in state_dict]
+    if missing:
+        raise KeyError(f"infer_detr_config: not an official DETR state dict, missing {missing}")
+    num_queries, hidden_dim = state_dict["query_embed.weight"].shape
+    blocks = tuple(count_indices(state_dict, f"backbone.0.body.layer{i}.") for i in range(1, 5))
+    bottleneck = "backbone.0.body.layer1.0.conv3.weight" in state_dict
+    if (blocks, bottleneck) not in RESNET_LAYOUTS:
+        raise ValueError(f"infer_detr_config: backbone with blocks per stage {blocks} "
+                         f"({'bottleneck' if bottleneck else 'basic'}) is not resnet18/34/50/101")
+    return dict(num_classes=state_dict["class_embed.weight"].shape[0] - 1, hidden_dim=hidden_dim,
+                num_queries=num_queries,
+                enc_layers=count_indices(state_dict, "transformer.encoder.layers."),
+                dec_layers=count_indices(state_dict, "transformer.decoder.layers."),
+                dim_feedforward=state_dict["transformer.encoder.layers.0.linear1.weight"].shape[0],
+                backbone=RESNET_LAYOUTS[(blocks, bottleneck)],
+                pre_norm="transformer.encoder.norm.weight" in state_dict,
+                position_embedding="learned" if "backbone.1.row_embed.weight" in state_dict else "sine")
+
+# %% ../nbs/05_detr.ipynb #efe1ebe1
+def decide_dilation(overrides: dict, args, path: str | None) -> bool:
+    "DC5 or not: the override, else the checkpoint's `args.dilation`, else 'dc5' in the file name, else False."
+    if "dilation" in overrides: return bool(overrides.pop("dilation"))
+    if args is not None and hasattr(args, "dilation"): return bool(args.dilation)
+    return path is not None and "dc5" in Path(path).name.lower()
+
+def detr_from_official(checkpoint, nheads: int = 8, **overrides) -> DETR:
+    """A `DETR` in eval mode holding the weights of an official DETR checkpoint (path, dict with 'model', or a bare
+    state dict in the official layout). The architecture is inferred (`infer_detr_config`); `nheads` must be given
+    for non-default models; `dilation` as explained above; `**overrides` replace any `build_detr` argument.
+    Raises `CheckpointMismatchError` listing every missing, unexpected and misshapen key if the state dict does not fit."""
+    sd, args, path = read_checkpoint(checkpoint, "detr_from_official")
+    overrides = dict(overrides)
+    cfg = infer_detr_config(sd)
+    cfg["dilation"] = decide_dilation(overrides, args, path)
+    cfg["nheads"] = nheads
+    cfg.update(overrides)
+    return load_checked(build_detr(**cfg), sd, "detr_from_official", f"a DETR built with {cfg}")

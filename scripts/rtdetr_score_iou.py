@@ -1,4 +1,4 @@
-"""Score against IoU of the selected queries of a trained RT-DETR on the shapes val split: the numbers behind lesson 12's
+"""Score against IoU of the selected queries of a trained RT-DETR on the shapes val split: the numbers behind lesson 13's
 figure "does the score predict the IoU?" (`detr_edu.rtdetr.score_iou_pairs`), saved small (float16) so the lesson
 plots them in a second on a fresh machine.
 

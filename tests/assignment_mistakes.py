@@ -529,7 +529,7 @@ def ms_deform_attn_core_pytorch(value, value_spatial_shapes, sampling_locations,
     return _ok(value, value_spatial_shapes, sampling_locations, attention_weights.flatten(-2).softmax(-1).view(N, Lq, M, L, P))
 '''),
 ],
-# --- lesson 11: Deformable DETR -------------------------------------------------------------------------
+# --- lesson 12: Deformable DETR -------------------------------------------------------------------------
 "inverse_sigmoid": [
 ("log instead of logit (log x, not log x / (1 - x))", '''
 def inverse_sigmoid(x, eps=1e-5):
@@ -610,7 +610,7 @@ def get_reference_points(spatial_shapes, valid_ratios, device=None):
     return _ok(spatial_shapes, valid_ratios.flip(-1), device)
 '''),
 ],
-# --- lesson 12: RT-DETR ---------------------------------------------------------------------------------
+# --- lesson 13: RT-DETR ---------------------------------------------------------------------------------
 "generate_anchors": [
 ("the +0.5 offset missing: anchors at the cells' top-left corners", '''
 def generate_anchors(spatial_shapes, grid_size=0.05, eps=0.01, dtype=torch.float32, device=None):

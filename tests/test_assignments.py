@@ -1,4 +1,4 @@
-"""Course assignments (lesson 17): exercise marks, student/instructor notebooks, the grader, and nbgrader's view of them."""
+"""Course assignments (lesson 19): exercise marks, student/instructor notebooks, the grader, and nbgrader's view of them."""
 import copy, json, os, shutil, subprocess, sys
 from pathlib import Path
 
@@ -32,11 +32,11 @@ def course(tmp_path_factory):
 # test_grade_prepared_box_ops_submission). These are the slowest tests of the suite: one test per lesson, heaviest
 # first, so `pytest -n 2` keeps both workers busy; one generated course per worker.
 CELL_TIMEOUT = 300                     # seconds per cell: generous, CI machines are shared and slow
-HEAVY_FIRST = ["12_rtdetr", "11_deformable_detr", "13_yolos", "03_backbone", "08_data", "05_detr", "06_matcher"]
+HEAVY_FIRST = ["13_rtdetr", "12_deformable_detr", "14_yolos", "03_backbone", "08_data", "05_detr", "06_matcher"]
 E2E_ORDER = sorted(LESSONS, key=lambda s: (HEAVY_FIRST + LESSONS).index(s))
 # Lessons whose later, ungraded cells still need the project's nbs/ as working folder, so they err in an assignment
 # folder (their graded cells must pass all the same). Remove an entry once the lesson finds its files from anywhere.
-NEEDS_NBS_CWD: dict[str, str] = {}     # e.g. {"13_yolos": "loads ../data/models/yolos_shapes.pth"}
+NEEDS_NBS_CWD: dict[str, str] = {}     # e.g. {"14_yolos": "loads ../data/models/yolos_shapes.pth"}
 
 
 def _nbgrader_validate(path):

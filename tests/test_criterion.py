@@ -145,7 +145,7 @@ def test_two_stage_enc_outputs_are_class_agnostic(hf_deform):
     ref = ref_crit(*to_hf(enc_only, targets, label_fn=torch.zeros_like))
     for k, v in ref.items():
         torch.testing.assert_close(ours[k + "_enc"], v, atol=2e-6, rtol=1e-5)
-    # the weight dict of lesson 11 covers every weighted key (aux layers and _enc)
+    # the weight dict of lesson 12 covers every weighted key (aux layers and _enc)
     from detr_edu.deformable_detr import deformable_weight_dict
     dw = deformable_weight_dict(dec_layers=2)
     assert {k for k in ours if k.startswith(("loss_ce", "loss_bbox", "loss_giou"))} == set(dw)
@@ -165,7 +165,7 @@ def test_gradient_flows_to_matched_boxes_and_all_logits():
 
 
 def test_engine_style_construction_and_device_move():
-    "The call lesson 09's build_model makes, positional arguments, `.to()` and `weight_dict`."
+    "The call lesson 10's build_model makes, positional arguments, `.to()` and `weight_dict`."
     matcher = HungarianMatcher(cost_class=1, cost_bbox=5, cost_giou=2)
     wd = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
     crit = SetCriterion(C, matcher, wd, 0.1, losses=["labels", "boxes", "cardinality"]).to("cpu")

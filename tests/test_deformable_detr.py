@@ -1,4 +1,4 @@
-"""Deformable DETR (lesson 11) against transformers' `DeformableDetrForObjectDetection`, an independent
+"""Deformable DETR (lesson 12) against transformers' `DeformableDetrForObjectDetection`, an independent
 implementation: small random configurations (ResNet-18-style backbone from `ResNetConfig`, no timm, nothing
 downloaded), weights converted between the transformers and the official layouts here, outputs compared to 2e-5."""
 import argparse, re

@@ -234,7 +234,7 @@ def test_coco_evaluate_matches_plain_pycocotools():
 
 def test_coco_evaluate_hand_computed():
     "One object predicted with IoU 0.62: matched at thresholds 0.50, 0.55, 0.60 only -> AP = 3/10."
-    from detr_edu.engine import _quiet_coco
+    from detr_edu.training import _quiet_coco
     gt = _quiet_coco({'images': [{'id': 1, 'width': 100, 'height': 100}], 'categories': [{'id': 1}],
                       'annotations': [{'id': 1, 'image_id': 1, 'category_id': 1, 'bbox': [0, 0, 50, 50], 'area': 2500, 'iscrowd': 0}]})
     dx = 50 * 0.38 / 1.62

@@ -144,3 +144,40 @@ def test_download_with_real_hash_check(hub_dir, tmp_path, monkeypatch):
 def test_unknown_name():
     with pytest.raises(ValueError, match="detr_resnet50"):
         load_official("detr_resnet152")
+
+
+# ------------------------------------------------------------- one error format for every family (lesson 05's checker)
+def _family_cases():
+    "(converter, tiny official-layout state dict, converter kwargs) for each family."
+    from detr_edu.deformable_detr import build_deformable_detr
+    from detr_edu.rtdetr import build_rtdetr
+    from detr_edu.yolos import YOLOS
+    torch.manual_seed(0)
+    deform = build_deformable_detr(5, backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=1,
+                                   dim_feedforward=32, num_queries=5)
+    rt = build_rtdetr(5, depth=18, freeze_at=-1, freeze_norm=False, expansion=0.5, encoder_hidden_dim=32, encoder_nhead=2,
+                      encoder_dim_feedforward=32, hidden_dim=32, nhead=2, num_queries=5, num_decoder_layers=1,
+                      dim_feedforward=32)
+    yolos = YOLOS(num_classes=5, image_size=(64, 96), patch_size=16, hidden_dim=32, depth=1, num_heads=2,
+                  intermediate_size=32, num_detection_tokens=5)
+    return [(detr_from_official, tiny().state_dict(), dict(nheads=4)),
+            (hub.deformable_detr_from_official, deform.state_dict(), dict(nheads=2, num_queries=5)),
+            (hub.rtdetr_from_official, rt.state_dict(), dict(nheads=2, num_queries=5)),
+            (hub.yolos_from_official, yolos.state_dict(), dict(num_heads=2, image_size=(64, 96)))]
+
+
+@pytest.mark.parametrize("case", range(4), ids=["detr", "deformable_detr", "rtdetr", "yolos"])
+def test_every_converter_reports_mismatches_the_same_way(case):
+    convert, sd, kw = _family_cases()[case]
+    assert not convert(sd, **kw).training                         # the untouched state dict loads
+    keys = sorted(k for k in sd if "num_batches_tracked" not in k)
+    gone, resized = keys[len(keys) // 2], next(k for k in keys if k.endswith(".bias") and sd[k].ndim == 1
+                                               and not k.startswith(("class_embed", "backbone.0.body.conv1")))
+    bad = dict(sd); bad.pop(gone); bad["not.a.weight"] = torch.zeros(1); bad[resized] = torch.zeros(sd[resized].shape[0] + 1)
+    with pytest.raises(hub.CheckpointMismatchError) as e:
+        convert(bad, **kw)
+    msg = str(e.value)
+    assert msg.startswith(f"{convert.__name__}: the checkpoint does not fit "), msg
+    assert f"missing keys: ['{gone}']" in msg and "unexpected keys: ['not.a.weight']" in msg
+    assert f"{resized}: checkpoint ({sd[resized].shape[0] + 1},), model ({sd[resized].shape[0]},)" in msg
+    assert isinstance(e.value, KeyError) and isinstance(e.value, ValueError)   # what callers caught before still works

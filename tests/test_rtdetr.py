@@ -1,4 +1,4 @@
-"""RT-DETR (lesson 12): parity with transformers' RTDetrForObjectDetection, official-layout loading, denoising,
+"""RT-DETR (lesson 13): parity with transformers' RTDetrForObjectDetection, official-layout loading, denoising,
 anchors, re-parameterisation, bad input."""
 import re
 import pytest

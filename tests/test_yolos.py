@@ -245,8 +245,9 @@ def test_converter_errors_list_keys():
     no_key = {k: v for k, v in sd.items() if k != "vit.encoder.layer.1.attention.attention.key.weight"}
     with pytest.raises(ValueError, match="query, key and value"):
         yolos_from_transformers(no_key, cfg)
-    with pytest.raises(ValueError, match="shape mismatches"):
+    with pytest.raises(ValueError, match="shape mismatches") as e:
         yolos_from_transformers(sd, {**cfg, "num_detection_tokens": 7})
+    assert "vit.embeddings.detection_tokens: checkpoint" in str(e.value)      # named as the user's file names it
     with pytest.raises(ValueError, match="missing keys"):      # mid-layer table configured but absent
         yolos_from_transformers(sd, {**cfg, "use_mid_position_embeddings": True})
     with pytest.raises(TypeError, match="config"):
