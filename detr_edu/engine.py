@@ -1,4 +1,4 @@
-"""One function and one command that train, evaluate and run any of the four families: the one module that imports them all.
+"""`train()` and the `detr-edu` command: one function and one command that train, evaluate and run any of the four families, in the one module that imports them all.
 
 Docs: https://detr-edu.github.io/detr_edu/engine.html.md"""
 
@@ -83,6 +83,13 @@ def predict(model: nn.Module, image, postprocessor, transform: Callable | None =
     return det
 
 # %% ../nbs/15_engine.ipynb #49e69d8c
+def _device(name: str) -> torch.device:
+    if name == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try: dev = torch.device(name)
+    except RuntimeError: raise ValueError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
+    if dev.type == 'cuda' and not torch.cuda.is_available(): raise ValueError(f"`device` {name!r}: CUDA is not available here")
+    return dev
+
 def _load_config_from_checkpoint(checkpoint: str | os.PathLike, **overrides) -> tuple[TrainConfig, dict]:
     path = Path(checkpoint)
     if not path.is_file(): raise FileNotFoundError(f"`checkpoint` {str(path)!r} is not a file")
@@ -221,14 +228,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     for name, ep in other_commands().items():
         sub.add_parser(name, help=f'{_command_help(ep)} (see `detr-edu {name} --help`)', add_help=False)
     return parser
-
-# %% ../nbs/15_engine.ipynb #d86f5d1a
-def _device(name: str) -> torch.device:
-    if name == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    try: dev = torch.device(name)
-    except RuntimeError: raise ValueError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
-    if dev.type == 'cuda' and not torch.cuda.is_available(): raise ValueError(f"`device` {name!r}: CUDA is not available here")
-    return dev
 
 # %% ../nbs/15_engine.ipynb #e96a5f16
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,16 @@
-"""Fixtures shared by the visualisation and explorer tests: tiny random-init detectors (one definition each)."""
+"""Fixtures shared by the visualisation and explorer tests: tiny random-init detectors (one definition each); one
+torch thread per pytest-xdist worker."""
 from __future__ import annotations
+import os
 
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N` runs N workers; each using every core (torch's default) oversubscribes the machine and the tiny
+    # models of the tests then mostly wait for threads. Kernels and subprocesses the tests start inherit the setting.
+    os.environ.setdefault("OMP_NUM_THREADS", "1"); os.environ.setdefault("MKL_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope='module')

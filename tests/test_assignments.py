@@ -171,7 +171,7 @@ def test_make_assignment_layout(course, tmp_path):
         assert stud.metadata["detr_edu"] == {"lesson": name, "version": "student",
                                              "exercises": [e.grade_id for e in A.find_exercises(lesson)]}
     with pytest.raises(ValueError, match="no exercises"):
-        A.make_assignment(["14"], tmp_path, nbs_path=NBS)
+        A.make_assignment(["16"], tmp_path, nbs_path=NBS)
 
 
 # --- the grader on a toy lesson (no torch in the kernel: a few seconds per run) -------------------------

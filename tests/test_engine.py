@@ -318,7 +318,7 @@ def test_cli_help():
     code, out, _ = _main('train', '--help')
     assert code == 0
     for opt in ('--lr ', '--lr_backbone', '--clip_max_norm', '--resume', '--num_queries', '--output_dir', '--backbone_batchnorm',
-                '--model {detr,yolos', '--crop_prob', '--scales', 'small_cnn'):
+                '--model {detr,deformable_detr,rtdetr,yolos}', '--crop_prob', '--scales', 'small_cnn'):
         assert opt in out, opt
 
 
