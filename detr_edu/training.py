@@ -18,6 +18,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .detr import check_state_dict
+
 # %% auto #0
 __all__ = ['COCO_STAT_NAMES', 'is_dist_avail_and_initialized', 'get_world_size', 'get_rank', 'is_main_process',
            'init_distributed_mode', 'reduce_dict', 'all_gather_object', 'SmoothedValue', 'MetricLogger', 'unwrap_model',
@@ -288,14 +290,18 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, opt
                     strict: bool = True, ema=None, use_ema: bool = False) -> dict:
     """Load a checkpoint made by `save_checkpoint` with `weights_only=True` and restore what is given: the `model`
     weights, the `optimizer`, `lr_scheduler` and `ema` states and, with `restore_rng`, this process's RNG states (and
-    the `generators`'). `use_ema`: give `model` the averaged weights when the run kept an EMA (the ones it evaluated:
+    the `generators`'). With `strict`, weights that do not fit `model` raise lesson 05's `CheckpointMismatchError`,
+    listing every difference. `use_ema`: give `model` the averaged weights when the run kept an EMA (the ones it evaluated:
     for evaluation and prediction, not for resuming). Returns the checkpoint dict (`epoch`, `config`, ...)."""
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"load_checkpoint: `path` {str(path)!r} is not a file")
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(ckpt, dict) or 'model' not in ckpt:
         raise ValueError(f"load_checkpoint: {str(path)!r} is not a detr_edu checkpoint (no 'model' entry)")
-    if model is not None: unwrap_model(model).load_state_dict(checkpoint_weights(ckpt, use_ema), strict=strict)
+    if model is not None:
+        weights, target = checkpoint_weights(ckpt, use_ema), unwrap_model(model)
+        if strict: check_state_dict(target.state_dict(), weights, 'load_checkpoint', f'the model of {str(path)!r}')
+        target.load_state_dict(weights, strict=strict)
     for obj, key in ((optimizer, 'optimizer'), (lr_scheduler, 'lr_scheduler'), (ema, 'ema')):
         if obj is None: continue
         if key not in ckpt: raise ValueError(f"load_checkpoint: {str(path)!r} holds no {key!r} state to restore `{key}`")

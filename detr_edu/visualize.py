@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from matplotlib.figure import Figure
 
 from .data import IMAGENET_MEAN, IMAGENET_STD, denormalize_boxes
+from .detr import load_checked
 
 # %% auto #0
 __all__ = ['COLORS', 'class_color', 'to_display', 'pixel_boxes', 'draw_boxes', 'model_kind', 'feature_stride', 'inspect_model',
@@ -376,8 +377,8 @@ def load_detr_checkpoint(path, device='cpu') -> tuple[nn.Module, nn.Module, dict
         raise ValueError(f"load_detr_checkpoint: {str(path)!r} was not written by detr-edu train (no 'model'/'config')")
     known = {f.name for f in fields(TrainConfig)}
     model, criterion, _ = build_model(make_config({k: v for k, v in ck['config'].items() if k in known}))
-    try: model.load_state_dict(checkpoint_weights(ck))   # the EMA's weights when the run kept one (what it evaluated)
-    except RuntimeError as e: raise ValueError(f"load_detr_checkpoint: {str(path)!r} does not fit the model of its config: {e}") from None
+    load_checked(model, checkpoint_weights(ck), 'load_detr_checkpoint',   # the EMA's weights when the run kept one
+                 f'the model of its config ({str(path)!r})')
     return model.to(device).eval(), criterion.matcher, ck
 
 def plot_checkpoint_grid(checkpoints: Sequence, image: Tensor, target: Mapping | None = None, threshold: float = 0.5,

@@ -435,3 +435,17 @@ def test_evaluation_does_not_change_training(tmp_path):
     with_eval, without = run(True), run(False)
     assert [r['train_loss'] for r in with_eval] == [r['train_loss'] for r in without]
     assert all('test_AP' in r for r in with_eval) and not any('test_AP' in r for r in without)
+
+
+def test_load_checkpoint_names_every_mismatch(tmp_path):
+    "A checkpoint that does not fit the model: lesson 05's one error format, every difference listed."
+    from detr_edu.detr import CheckpointMismatchError
+    from detr_edu.training import save_checkpoint, load_checkpoint
+    small, big = nn.Sequential(nn.Linear(2, 3)), nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+    save_checkpoint(tmp_path / 'c.pth', small, epoch=0)
+    with pytest.raises(CheckpointMismatchError) as e:
+        load_checkpoint(tmp_path / 'c.pth', big, restore_rng=False)
+    msg = str(e.value)
+    assert msg.startswith('load_checkpoint: the checkpoint does not fit the model of ') and "missing keys: ['2.bias', '2.weight']" in msg
+    assert '0.weight: checkpoint (3, 2), model (4, 2)' in msg
+    load_checkpoint(tmp_path / 'c.pth', nn.Sequential(nn.Linear(2, 3)), restore_rng=False)   # a fitting model loads
