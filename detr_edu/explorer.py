@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from .data import CocoDetection, make_coco_transforms
+from .engine import make_config, build_model, resolve_coco_split
 from .visualize import (inspect_model, detections, class_scores, query_attention_map, encoder_attention_map,
                                 encoder_attention_grid, encoder_layers, pixel_to_cell, plot_cost_matrices,
                                 plot_matched_pairs, to_display, draw_boxes, pixel_boxes, _overlay, match,
@@ -21,8 +23,8 @@ from .visualize import (inspect_model, detections, class_scores, query_attention
                                 draw_reference_boxes, query_selection, plot_query_selection)
 
 # %% auto #0
-__all__ = ['VOILA_DENYLIST', 'figure_png', 'read_image', 'Explorer', 'explorer_from_args', 'explore_notebook', 'get_args_parser',
-           'offline_template', 'voila_command', 'main']
+__all__ = ['VOILA_DENYLIST', 'figure_png', 'read_image', 'Explorer', 'explore_sources', 'explorer_from_args', 'explore_notebook',
+           'get_args_parser', 'offline_template', 'voila_command', 'main']
 
 # %% ../nbs/20_explorer.ipynb #96df23b4
 def figure_png(fig, dpi: int = 72) -> bytes:
@@ -436,8 +438,6 @@ class Explorer:
 
 # %% ../nbs/20_explorer.ipynb #8b620ebe
 def _load_dataset(data, max_size: int, max_images: int):
-    from detr_edu.engine import resolve_coco_split
-    from detr_edu.data import CocoDetection, make_coco_transforms
     img_folder, ann_file = resolve_coco_split(str(data), 'val')
     ds = CocoDetection(img_folder, ann_file, transforms=make_coco_transforms('val', max_size=max_size))
     names = {int(c['id']): c.get('name', str(c['id'])) for c in ds.coco.dataset.get('categories', [])}
@@ -445,25 +445,37 @@ def _load_dataset(data, max_size: int, max_images: int):
     items = [ds[i] for i in range(n)]
     return [im for im, _ in items], [t for _, t in items], names
 
-def explorer_from_args(checkpoint=None, data=None, max_images: int = 20) -> Explorer:
-    """The `Explorer` of `detr-edu explore`: models from `checkpoint` (a file or a run folder), images (and ground
-    truth) from the val split of the COCO folder `data` (default: the checkpoint's `data_path`, else `data/shapes`).
-    Without a checkpoint: a small random-init DETR, said so on the page. Problems become the page's message."""
-    from detr_edu.engine import make_config, build_model
-    paths, note, max_size, model = [], '', 128, None
+def explore_sources(checkpoint=None, data=None, base=None) -> tuple[list[Path], Path, int]:
+    """What `detr-edu explore` shows: `(checkpoint files, oldest first; the COCO folder whose val split is shown; the
+    image size)`. `checkpoint` is a file or a run folder; `data` defaults to the checkpoint's `data_path`, else
+    `data/shapes`. Relative paths, given or stored in the checkpoint, are taken from `base` (default: the folder the
+    command was started in), not from wherever the page's kernel runs. Raises FileNotFoundError naming the path when
+    the checkpoint or the data folder is not there."""
+    base = Path.cwd() if base is None else Path(base)
+    paths, max_size = [], 128
     if checkpoint is not None:
-        p = Path(checkpoint)
+        p = Path(checkpoint) if Path(checkpoint).is_absolute() else base / checkpoint
+        if not p.exists(): raise FileNotFoundError(f"explore: `checkpoint` {str(p)!r} is neither a file nor a run folder")
         paths = run_checkpoints(p) if p.is_dir() else [p]
-        if paths and paths[-1].is_file():
-            try:
-                cfg = torch.load(paths[-1], map_location='cpu', weights_only=True).get('config', {})
-                data = data or cfg.get('data_path'); max_size = cfg.get('max_size') or max_size
-            except Exception: pass
+        if not paths: raise FileNotFoundError(f"explore: the run folder {str(p)!r} holds no *.pth checkpoint")
+        try: cfg = torch.load(paths[-1], map_location='cpu', weights_only=True).get('config', {})
+        except Exception: cfg = {}
+        data = data or cfg.get('data_path'); max_size = cfg.get('max_size') or max_size
     data = Path(data or 'data/shapes')
-    try: images, targets, names = _load_dataset(data, max_size, max_images)
+    data = data if data.is_absolute() else base / data
+    resolve_coco_split(str(data), 'val')                     # FileNotFoundError naming the folder and what it lacks
+    return paths, data, max_size
+
+def explorer_from_args(checkpoint=None, data=None, max_images: int = 20, base=None) -> Explorer:
+    """The `Explorer` of `detr-edu explore`: models from `checkpoint` (a file or a run folder), images (and ground
+    truth) from the val split of the COCO folder `data` (see `explore_sources`, which resolves both from `base`).
+    Without a checkpoint: a small random-init DETR, said so on the page. Problems become the page's message."""
+    paths, note, max_size, images, targets, names = [], '', 128, [], None, None
+    try:
+        paths, data, max_size = explore_sources(checkpoint, data, base)
+        images, targets, names = _load_dataset(data, max_size, max_images)
     except Exception as e:
-        images, targets, names = [], None, None
-        note = f'<span style="color:#b00">&#9888; cannot read the data in {str(data)!r}: {e}</span>'
+        note = f'<span style="color:#b00">&#9888; {e}</span>'
     if not paths:
         torch.manual_seed(0)
         nc = (max(names) + 1) if names else 91
@@ -476,9 +488,9 @@ def explorer_from_args(checkpoint=None, data=None, max_images: int = 20) -> Expl
 def explore_notebook(checkpoint=None, data=None, max_images: int = 20) -> dict:
     "The one-cell notebook (nbformat dict) that voila runs for `detr-edu explore`."
     import nbformat
-    src = (f"from detr_edu.explorer import explorer_from_args\n"
-           f"explorer_from_args({None if checkpoint is None else str(Path(checkpoint).resolve())!r}, "
-           f"{None if data is None else str(Path(data).resolve())!r}, {max_images})")
+    src = (f"from detr_edu.explorer import explorer_from_args\n"       # relative paths: from this process's folder
+           f"explorer_from_args({checkpoint if checkpoint is None else str(checkpoint)!r}, "
+           f"{data if data is None else str(data)!r}, {max_images}, base={str(Path.cwd())!r})")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src)])
     nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
     return nb
@@ -524,6 +536,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     the word `explore`, as `detr-edu` hands over its whole command line."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = get_args_parser().parse_args(argv[1:] if argv[:1] == ['explore'] else argv)
+    try: explore_sources(args.checkpoint, args.data)               # a missing file or folder: say so, serve nothing
+    except FileNotFoundError as e:
+        print(f"detr-edu explore: error: {e}", file=sys.stderr); return 2
     try: import voila  # noqa: F401
     except ImportError:
         print("detr-edu explore needs voila: pip install voila", file=sys.stderr); return 2

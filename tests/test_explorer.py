@@ -330,3 +330,27 @@ def test_explorer_page_in_browser(shapes, tmp_path):
         try: os.killpg(proc.pid, 9)
         except ProcessLookupError: pass
         log.close()
+
+
+def test_relative_paths_resolve_from_the_starting_folder(detr, shapes, tmp_path, monkeypatch):
+    """A run trained with a relative `data_path` (as `detr-edu train --data_path data/shapes` stores it) is explored
+    from the folder the command started in, even though voila's kernel runs elsewhere; a missing folder is an error
+    that names it, not an empty page."""
+    import shutil
+    model, _, cfg = detr
+    project = tmp_path / 'project'
+    shutil.copytree(shapes[0], project / 'data' / 'myshapes')
+    save_checkpoint(project / 'runs' / 'checkpoint.pth', model, epoch=0, config={**cfg.__dict__, 'data_path': 'data/myshapes'})
+    monkeypatch.chdir(project)
+    paths, data, _ = E.explore_sources('runs/checkpoint.pth')
+    assert paths == [project / 'runs' / 'checkpoint.pth'] and data == project / 'data' / 'myshapes'
+    nb = E.explore_notebook('runs/checkpoint.pth')                       # the page's kernel starts in another folder
+    monkeypatch.chdir(tmp_path)
+    ns = {}
+    exec(nb.cells[0].source.replace('explorer_from_args(', 'ex = explorer_from_args(', 1), ns)
+    assert ns['ex'].num_images == 3 and not ns['ex'].message.value             # the val images of data/myshapes
+    with pytest.raises(FileNotFoundError, match='missing_data'):
+        E.explore_sources('project/runs/checkpoint.pth', data='missing_data')
+    with pytest.raises(FileNotFoundError, match='nope.pth'):
+        E.explore_sources('nope.pth')
+    assert E.main(['explore', '--data', 'missing_data']) == 2                  # the command refuses before serving
