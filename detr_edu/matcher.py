@@ -126,6 +126,7 @@ def cost_matrices(outputs: Mapping, targets: Sequence[Mapping], cost_class: floa
 def _padded_costs(outputs, targets, cost_class, cost_bbox, cost_giou, focal, focal_alpha, focal_gamma):
     "`({'class', 'bbox', 'giou', 'total'}: each (B, Q, max T_b), sizes)`: targets padded, image b valid in `[:, :T_b]`."
     logits, boxes = _check_outputs(outputs, "cost_matrices")
+    logits, boxes = logits.float(), boxes.float()       # costs in float32, also from a model run under autocast
     _check_targets(targets, logits.shape[0], logits.shape[-1], focal, "cost_matrices")
     B, Q = logits.shape[:2]
     sizes = [len(t["labels"]) for t in targets]

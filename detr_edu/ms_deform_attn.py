@@ -257,8 +257,10 @@ class MSDeformAttn(nn.Module):
         else:
             locations = (reference_points[:, :, None, :, None, :2]
                          + offsets / P * reference_points[:, :, None, :, None, 2:] * 0.5)
-        out = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations, weights,
-                             self.im2col_step, self.backend)
+        dt = torch.promote_types(value.dtype, torch.float32)   # 16-bit inputs (autocast, lesson 09) sample in float32
+        with torch.autocast(value.device.type, enabled=False):
+            out = ms_deform_attn(value.to(dt), input_spatial_shapes, input_level_start_index, locations.to(dt),
+                                 weights.to(dt), self.im2col_step, self.backend).to(value.dtype)
         out = self.output_proj(out)
         return (out, locations, weights) if return_attention else out
 

@@ -21,12 +21,13 @@ from tqdm import tqdm
 from .detr import check_state_dict
 
 # %% auto #0
-__all__ = ['COCO_STAT_NAMES', 'is_dist_avail_and_initialized', 'get_world_size', 'get_rank', 'is_main_process',
+__all__ = ['AMP_MODES', 'COCO_STAT_NAMES', 'is_dist_avail_and_initialized', 'get_world_size', 'get_rank', 'is_main_process',
            'init_distributed_mode', 'reduce_dict', 'all_gather_object', 'SmoothedValue', 'MetricLogger', 'unwrap_model',
            'build_optimizer', 'build_lr_scheduler', 'get_rng_state', 'set_rng_state', 'atomic_save', 'to_plain',
-           'checkpoint_weights', 'save_checkpoint', 'load_checkpoint', 'forward_takes_targets', 'train_one_epoch',
-           'ModelEMA', 'detections_to_coco', 'coco_evaluate', 'coco_stats', 'get_coco_api_from_dataset', 'evaluate',
-           'append_jsonl', 'read_jsonl', 'plot_history', 'find_generators', 'fit', 'atomic_write_text']
+           'checkpoint_weights', 'save_checkpoint', 'load_checkpoint', 'autocast', 'make_grad_scaler',
+           'outputs_to_float', 'forward_takes_targets', 'train_one_epoch', 'ModelEMA', 'detections_to_coco',
+           'coco_evaluate', 'coco_stats', 'get_coco_api_from_dataset', 'evaluate', 'append_jsonl', 'read_jsonl',
+           'plot_history', 'find_generators', 'fit', 'atomic_write_text']
 
 # %% ../nbs/09_training.ipynb #f18b4acf
 def is_dist_avail_and_initialized() -> bool:
@@ -267,9 +268,9 @@ def checkpoint_weights(ckpt: Mapping, use_ema: bool = True) -> dict[str, Tensor]
     return ckpt['ema']['module'] if use_ema and isinstance(ckpt.get('ema'), Mapping) else ckpt['model']
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer=None, lr_scheduler=None, epoch: int | None = None,
-                    config=None, generators: Sequence[torch.Generator] = (), ema=None, **extra):
-    """Write a resumable checkpoint atomically: `model` (unwrapped from DDP), `optimizer`, `lr_scheduler` and `ema`
-    (a `ModelEMA`, saved as `'ema'`) state dicts,
+                    config=None, generators: Sequence[torch.Generator] = (), ema=None, scaler=None, **extra):
+    """Write a resumable checkpoint atomically: `model` (unwrapped from DDP), `optimizer`, `lr_scheduler`, `ema`
+    (a `ModelEMA`, saved as `'ema'`) and `scaler` (fp16's `GradScaler`: the loss scale and its clean-step count) state dicts,
     `epoch` (the last finished one), `config` (made plain by `to_plain`), `rng_state` (one `get_rng_state` per process,
     by rank) and any `extra` plain values. Call it on every process of a distributed run: they all contribute their
     RNG state, only rank 0 writes. Loadable with `torch.load(path, weights_only=True)`."""
@@ -283,13 +284,14 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer=None, l
     if optimizer is not None: ckpt['optimizer'] = optimizer.state_dict()
     if lr_scheduler is not None: ckpt['lr_scheduler'] = lr_scheduler.state_dict()
     if ema is not None: ckpt['ema'] = ema.state_dict()
+    if scaler is not None: ckpt['scaler'] = scaler.state_dict()
     atomic_save(ckpt, path)
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, optimizer=None, lr_scheduler=None,
                     generators: Sequence[torch.Generator] = (), restore_rng: bool = True, map_location='cpu',
-                    strict: bool = True, ema=None, use_ema: bool = False) -> dict:
+                    strict: bool = True, ema=None, use_ema: bool = False, scaler=None) -> dict:
     """Load a checkpoint made by `save_checkpoint` with `weights_only=True` and restore what is given: the `model`
-    weights, the `optimizer`, `lr_scheduler` and `ema` states and, with `restore_rng`, this process's RNG states (and
+    weights, the `optimizer`, `lr_scheduler`, `ema` and `scaler` states and, with `restore_rng`, this process's RNG states (and
     the `generators`'). With `strict`, weights that do not fit `model` raise lesson 05's `CheckpointMismatchError`,
     listing every difference. `use_ema`: give `model` the averaged weights when the run kept an EMA (the ones it evaluated:
     for evaluation and prediction, not for resuming). Returns the checkpoint dict (`epoch`, `config`, ...)."""
@@ -302,7 +304,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, opt
         weights, target = checkpoint_weights(ckpt, use_ema), unwrap_model(model)
         if strict: check_state_dict(target.state_dict(), weights, 'load_checkpoint', f'the model of {str(path)!r}')
         target.load_state_dict(weights, strict=strict)
-    for obj, key in ((optimizer, 'optimizer'), (lr_scheduler, 'lr_scheduler'), (ema, 'ema')):
+    for obj, key in ((optimizer, 'optimizer'), (lr_scheduler, 'lr_scheduler'), (ema, 'ema'), (scaler, 'scaler')):
         if obj is None: continue
         if key not in ckpt: raise ValueError(f"load_checkpoint: {str(path)!r} holds no {key!r} state to restore `{key}`")
         obj.load_state_dict(ckpt[key])
@@ -313,6 +315,32 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, opt
             warnings.warn(f"load_checkpoint: the checkpoint was written by {len(states)} process(es), this run has "
                           f"{get_world_size()}; random states are not restored, so the resumed run is not bit-exact")
     return ckpt
+
+# %% ../nbs/09_training.ipynb #68132130
+AMP_MODES = ('off', 'bf16', 'fp16')
+
+def _check_amp(amp: str, fn: str):
+    if amp not in AMP_MODES: raise ValueError(f"{fn}: `amp` must be one of {list(AMP_MODES)}, got {amp!r}")
+
+def autocast(device: str | torch.device, amp: str = 'off'):
+    """The context in which the model's forward runs: `torch.autocast` on `device`'s type with `bfloat16` (`amp='bf16'`)
+    or `float16` (`amp='fp16'`), and a no-op context for `amp='off'`."""
+    _check_amp(amp, 'autocast')
+    dtype = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+def make_grad_scaler(amp: str, device: str | torch.device) -> torch.amp.GradScaler | None:
+    "A dynamic loss scaler (`torch.amp.GradScaler`) for `amp='fp16'` on `device`'s type; None for 'off' and 'bf16', which need none."
+    _check_amp(amp, 'make_grad_scaler')
+    return torch.amp.GradScaler(torch.device(device).type) if amp == 'fp16' else None
+
+def outputs_to_float(outputs):
+    """A copy of a model's `outputs` (dicts and lists of tensors, e.g. `pred_logits` `(B, Q, C+1)`, `aux_outputs`)
+    with every floating-point tensor cast to float32, differentiably: the criterion then computes in float32."""
+    if isinstance(outputs, Tensor): return outputs.float() if outputs.is_floating_point() else outputs
+    if isinstance(outputs, Mapping): return {k: outputs_to_float(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)): return type(outputs)(outputs_to_float(v) for v in outputs)
+    return outputs
 
 # %% ../nbs/09_training.ipynb #7ffd2756
 def _to_device(targets, device) -> list[dict]:
@@ -334,49 +362,69 @@ _BAR_KEYS = ('loss_ce', 'loss_vfl', 'loss_bbox', 'loss_giou', 'class_error')
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: str | torch.device, epoch: int, max_norm: float = 0.1, progress: bool = True,
-                    max_iters: int | None = None, ema: ModelEMA | None = None) -> dict[str, float]:
+                    max_iters: int | None = None, ema: ModelEMA | None = None, amp: str = 'off',
+                    scaler: torch.amp.GradScaler | None = None, accum_steps: int = 1) -> dict[str, float]:
     """Train `model` for one pass over `data_loader` (or its first `max_iters` batches).
 
     Batches are `(samples, targets)`: `samples` a `NestedTensor` (or tensor) `(B, 3, H, W)`, `targets` a list of B
-    dicts with `labels` `(N_i,)` and `boxes` `(N_i, 4)` normalised cxcywh. `criterion(outputs, targets)` returns
-    unweighted losses; the step minimises their sum weighted by `criterion.weight_dict`, after clipping the gradient
-    norm to `max_norm` (0 disables clipping), then `ema.update(model)` when an `ema` is given. A model whose forward
-    takes `targets` (`forward_takes_targets`) gets them. Returns the epoch averages (over all processes) of the weighted total
-    `loss`, each weighted term `k`, each unweighted term `k_unscaled`, `class_error` if reported, `lr` and `grad_norm`
-    (the norm before clipping).
+    dicts with `labels` `(N_i,)` and `boxes` `(N_i, 4)` normalised cxcywh. The forward runs under `autocast(device, amp)`;
+    `criterion(outputs_to_float(outputs), targets)` returns unweighted float32 losses. Every `accum_steps` batches the
+    optimizer steps once on the mean of their gradients, minimising the losses' sum weighted by `criterion.weight_dict`,
+    after clipping the accumulated gradient's norm to `max_norm` (0 disables clipping), then `ema.update(model)` when an
+    `ema` is given. `amp='fp16'` needs a `scaler` (`make_grad_scaler`), which scales the loss and unscales the gradient
+    before clipping. A model whose forward takes `targets` (`forward_takes_targets`) gets them. Returns the epoch averages
+    (over all processes) of the weighted total `loss`, each weighted term `k`, each unweighted term `k_unscaled`,
+    `class_error` if reported, `lr` and `grad_norm` (per optimizer step, the norm before clipping; steps whose
+    float16 gradient overflowed, which the scaler skips, are left out).
     """
     if not hasattr(criterion, 'weight_dict'):
         raise TypeError(f"train_one_epoch: `criterion` must have a `weight_dict` attribute, got {type(criterion).__name__}")
     _check_number(max_norm, 'max_norm', 'train_one_epoch', 0)
+    _check_amp(amp, 'train_one_epoch')
+    if isinstance(accum_steps, bool) or not isinstance(accum_steps, int) or accum_steps < 1:
+        raise ValueError(f"train_one_epoch: `accum_steps` must be a positive int, got {accum_steps!r}")
+    if amp == 'fp16' and scaler is None:
+        raise ValueError("train_one_epoch: `amp`='fp16' needs a `scaler` (make_grad_scaler('fp16', device)): without "
+                         "loss scaling, small float16 gradients flush to zero")
     model.train(); criterion.train()
     weight_dict, logger, with_targets = criterion.weight_dict, MetricLogger(), forward_takes_targets(model)
     total = len(data_loader) if hasattr(data_loader, '__len__') else None
     if max_iters is not None and total is not None: total = min(total, max_iters)
+    if accum_steps > 1 and total is None:
+        raise ValueError("train_one_epoch: `accum_steps` > 1 needs a `data_loader` with a length (to size the last step)")
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     bar = tqdm(data_loader, total=total, desc=f'Epoch {epoch}', leave=False, mininterval=1.0,
                disable=not (progress and is_main_process()))
     for it, (samples, targets) in enumerate(bar):
         if max_iters is not None and it >= max_iters: break
+        first = it - it % accum_steps                                 # the first batch of this optimizer step
+        group = min(accum_steps, total - first) if accum_steps > 1 else 1
+        last = it == first + group - 1
+        if it == first: optimizer.zero_grad(set_to_none=True)
         samples, targets = samples.to(device), _to_device(targets, device)
-        outputs = model(samples, targets) if with_targets else model(samples)
-        loss_dict = criterion(outputs, targets)
-        losses = _weighted_losses(loss_dict, weight_dict)
-
-        reduced = reduce_dict({k: v.detach() for k, v in loss_dict.items()})    # the same numbers on every process
-        scaled = {k: v * weight_dict[k] for k, v in reduced.items() if k in weight_dict}
-        loss_value = sum(scaled.values()).item()
-        if not math.isfinite(loss_value):
-            terms = {k: round(v.item(), 4) for k, v in reduced.items()}
-            raise FloatingPointError(f"train_one_epoch: the loss is {loss_value} at epoch {epoch}, iteration {it}; "
-                                     f"terms: {terms}. Lower the learning rate or check the targets.")
-        optimizer.zero_grad(set_to_none=True)
-        losses.backward()
-        # clip_grad_norm_ returns the norm *before* clipping; max_norm=inf measures without clipping
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else float('inf'))
-        optimizer.step()
-        if ema is not None: ema.update(model)
-
-        logger.update(loss=loss_value, **scaled, **{f'{k}_unscaled': v for k, v in reduced.items()},
-                      lr=optimizer.param_groups[0]['lr'], grad_norm=grad_norm)
+        with contextlib.nullcontext() if last or not ddp else model.no_sync():   # DDP: all-reduce once per step
+            with autocast(device, amp):
+                outputs = model(samples, targets) if with_targets else model(samples)
+            loss_dict = criterion(outputs_to_float(outputs), targets)
+            losses = _weighted_losses(loss_dict, weight_dict)
+            reduced = reduce_dict({k: v.detach() for k, v in loss_dict.items()})    # the same numbers on every process
+            scaled = {k: v * weight_dict[k] for k, v in reduced.items() if k in weight_dict}
+            loss_value = sum(scaled.values()).item()
+            if not math.isfinite(loss_value):
+                terms = {k: round(v.item(), 4) for k, v in reduced.items()}
+                raise FloatingPointError(f"train_one_epoch: the loss is {loss_value} at epoch {epoch}, iteration {it}; "
+                                         f"terms: {terms}. Lower the learning rate or check the targets.")
+            (losses / group if scaler is None else scaler.scale(losses / group)).backward()
+        logger.update(loss=loss_value, **scaled, **{f'{k}_unscaled': v for k, v in reduced.items()})
+        if last:
+            if scaler is not None: scaler.unscale_(optimizer)             # clip the true gradient, not s times it
+            # clip_grad_norm_ returns the norm *before* clipping; max_norm=inf measures without clipping
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else float('inf'))
+            if scaler is not None: scaler.step(optimizer); scaler.update()   # skips the step on inf/NaN gradients
+            else: optimizer.step()
+            if ema is not None: ema.update(model)
+            logger.update(lr=optimizer.param_groups[0]['lr'])
+            if torch.isfinite(grad_norm): logger.update(grad_norm=grad_norm)
         bar.set_postfix({'loss': f"{logger.meters['loss'].median:.3f}",
                          **{k.replace('loss_', ''): f"{logger.meters[k].median:.3f}" for k in _BAR_KEYS if k in logger.meters}},
                         refresh=False)
@@ -559,7 +607,8 @@ def fit(model: nn.Module, criterion: nn.Module, data_loader_train, optimizer: to
         epochs: int = 1, device: str | torch.device = 'cpu', run_dir: str | os.PathLike | None = None,
         data_loader_val=None, postprocessors=None, base_ds=None, max_norm: float = 0.1, resume: str | os.PathLike | bool | None = None,
         config=None, eval_every: int = 1, progress: bool = True, max_iters: int | None = None,
-        label_to_cat_id=None, verbose: bool = True, ema: ModelEMA | None = None) -> list[dict]:
+        label_to_cat_id=None, verbose: bool = True, ema: ModelEMA | None = None, amp: str = 'off',
+        accum_steps: int = 1) -> list[dict]:
     """Train for `epochs` epochs (counting those a resumed checkpoint already did) and return the per-epoch records.
 
     Each epoch: `train_one_epoch`, `lr_scheduler.step()`, `evaluate` on `data_loader_val` every `eval_every` epochs
@@ -567,6 +616,8 @@ def fit(model: nn.Module, criterion: nn.Module, data_loader_train, optimizer: to
     to `run_dir/metrics.jsonl`, plot `run_dir/loss_curve.png` and save `run_dir/checkpoint.pth` (with `config`).
     `resume`: a checkpoint path, or True for `run_dir/checkpoint.pth`. `max_iters` caps the batches per epoch (for demos).
     `ema`: a `ModelEMA` of `model`, updated every step, evaluated instead of `model` and saved in the checkpoint.
+    `amp` ('off', 'bf16', 'fp16') and `accum_steps` go to `train_one_epoch`; fp16's loss scaler (`make_grad_scaler`)
+    is made here and saved in and restored from the checkpoint with everything else.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: `epochs` must be a positive int, got {epochs!r}")
@@ -580,9 +631,10 @@ def fit(model: nn.Module, criterion: nn.Module, data_loader_train, optimizer: to
         resume = run_dir / 'checkpoint.pth'
     device = torch.device(device)
     generators = find_generators(data_loader_train)
+    scaler = make_grad_scaler(amp, device)
     start_epoch, history, elapsed = 0, [], 0.0
     if resume:
-        ckpt = load_checkpoint(resume, model, optimizer, lr_scheduler, generators=generators, ema=ema)
+        ckpt = load_checkpoint(resume, model, optimizer, lr_scheduler, generators=generators, ema=ema, scaler=scaler)
         start_epoch = int(ckpt['epoch']) + 1
         if run_dir is not None and is_main_process():
             history = [r for r in read_jsonl(run_dir / 'metrics.jsonl') if r.get('epoch', -1) < start_epoch]
@@ -593,7 +645,8 @@ def fit(model: nn.Module, criterion: nn.Module, data_loader_train, optimizer: to
         t0, cpu0 = time.time(), time.process_time()
         _set_epoch(data_loader_train, epoch)
         train_stats = train_one_epoch(model, criterion, data_loader_train, optimizer, device, epoch,
-                                      max_norm=max_norm, progress=progress, max_iters=max_iters, ema=ema)
+                                      max_norm=max_norm, progress=progress, max_iters=max_iters, ema=ema,
+                                      amp=amp, scaler=scaler, accum_steps=accum_steps)
         if lr_scheduler is not None: lr_scheduler.step()
         iters = len(data_loader_train) if max_iters is None else min(len(data_loader_train), max_iters)
         record = {'epoch': epoch, **{f'train_{k}': v for k, v in train_stats.items()}, 'train_time': time.time() - t0,
@@ -618,7 +671,7 @@ def fit(model: nn.Module, criterion: nn.Module, data_loader_train, optimizer: to
                 append_jsonl(run_dir / 'metrics.jsonl', record)
                 plot_history(history, run_dir / 'loss_curve.png')
             save_checkpoint(run_dir / 'checkpoint.pth', model, optimizer, lr_scheduler, epoch=epoch, config=config,
-                            generators=generators, ema=ema)
+                            generators=generators, ema=ema, scaler=scaler)
     return history
 
 def atomic_write_text(path: str | os.PathLike, text: str):
