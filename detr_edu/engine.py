@@ -19,6 +19,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from .nested_tensor import nested_tensor_from_tensor_list
 from .data import IMAGENET_MEAN, IMAGENET_STD
+from .detr import check_state_dict
 from .training import *                 # lesson 09: fit, evaluate, checkpoints, EMA, distributed helpers
 from .training import _check_number
 from .recipes import *                  # lesson 10: TrainConfig, the registry, DETR's recipe
@@ -28,8 +29,9 @@ from .rtdetr import build_rtdetr_training, rtdetr_transforms, rtdetr_multi_scale
 from .yolos import build_yolos_training
 
 # %% auto #0
-__all__ = ['default_transform', 'draw_detections', 'predict', 'train', 'evaluate_checkpoint', 'format_coco_stats',
-           'predict_images', 'other_commands', 'get_args_parser', 'main']
+__all__ = ['INIT_AND_RESUME', 'default_transform', 'draw_detections', 'predict', 'load_init_checkpoint', 'init_model_from',
+           'reinit_groups', 'train', 'evaluate_checkpoint', 'format_coco_stats', 'predict_images', 'other_commands',
+           'get_args_parser', 'main']
 
 # %% ../nbs/15_engine.ipynb #fd7ef500
 _COLORS = ['#e6194b', '#3cb44b', '#4363d8', '#f58231', '#911eb4', '#42d4f4', '#f032e6', '#bfef45', '#469990', '#9a6324']
@@ -82,6 +84,71 @@ def predict(model: nn.Module, image, postprocessor, transform: Callable | None =
         draw_detections(image, det['boxes'], det['labels'], det['scores'], class_names).save(out_path)
     return det
 
+# %% ../nbs/15_engine.ipynb #c6e98739
+INIT_AND_RESUME = ("`init_from` and `resume` exclude each other: `init_from` starts a new run from trained weights "
+                   "(epoch 0, a fresh optimizer and schedule; the class head re-initialised for new classes), `resume` "
+                   "continues an interrupted run from its checkpoint (weights, optimizer, schedule, epoch and random "
+                   "state). Give one of them")
+
+def _register_later_lessons():
+    "Import the modules of the entry-point group `detr_edu.init_from` (lesson 16): they register their sources and readers."
+    for ep in importlib.metadata.entry_points(group='detr_edu.init_from'): ep.load()
+
+def load_init_checkpoint(init_from) -> tuple[dict, dict[str, Tensor], str]:
+    """`(settings, state_dict, format)` of the weights `init_from` names: a published name (`INIT_SOURCES`), a
+    checkpoint file (read with `torch.load(weights_only=True)`) or a loaded dict. A `detr-edu train` checkpoint gives
+    its run's architecture settings and its evaluated weights (the EMA's when it kept one); other checkpoints go to the
+    readers of `INIT_READERS`. `settings` holds `ARCHITECTURE_SETTINGS` and `num_classes`; `state_dict` uses the names
+    of `build_model`'s model. Raises `FileNotFoundError`/`ValueError` naming `init_from` when nothing reads it."""
+    _register_later_lessons()
+    if isinstance(init_from, (str, os.PathLike)):
+        if init_from in INIT_SOURCES: init_from = INIT_SOURCES[init_from]()
+        if not Path(init_from).is_file():
+            raise FileNotFoundError(f"`init_from` {os.fspath(init_from)!r} is neither a file nor a published name "
+                                    f"({', '.join(sorted(INIT_SOURCES)) or 'none registered'})")
+        with torch.serialization.safe_globals([argparse.Namespace]):    # official DETR files keep their `args`
+            ck = torch.load(init_from, map_location='cpu', weights_only=True)
+    elif isinstance(init_from, Mapping): ck = init_from
+    else: raise TypeError(f"`init_from` must be a name, a path or a checkpoint dict, got {type(init_from).__name__}")
+    if not isinstance(ck, Mapping): raise ValueError(f"`init_from`: the file holds a {type(ck).__name__}, not a checkpoint dict")
+    if isinstance(ck.get('config'), Mapping) and isinstance(ck.get('model'), Mapping):       # detr-edu train's own
+        settings = {k: ck['config'][k] for k in (*ARCHITECTURE_SETTINGS, 'num_classes') if k in ck['config']}
+        return settings, checkpoint_weights(ck), 'detr-edu checkpoint'
+    for name, reader in INIT_READERS.items():
+        found = reader(ck)
+        if found is not None: return (*found, name)
+    raise ValueError(f"`init_from`: the checkpoint is in none of the known formats (detr-edu checkpoint, "
+                     f"{', '.join(INIT_READERS)}); its first keys: {list(ck)[:5]}")
+
+def init_model_from(model: nn.Module, state_dict: Mapping[str, Tensor],
+                    reinit: Mapping[str, tuple[Sequence[str], str]] | None = None) -> list[str]:
+    """Load `state_dict` into `model`, except the groups of `reinit` (`{group: (keys, why)}`), which keep the model's
+    own initialisation. Every other tensor of `model` must be in `state_dict` with its shape, and nothing else:
+    else lesson 05's `CheckpointMismatchError` names each missing, unexpected and misshapen tensor with both shapes
+    (BatchNorm's `num_batches_tracked` counters are not checked). Returns one line per group: each top-level module
+    loaded (with its number of tensors), then each re-initialised group and why."""
+    reinit = reinit or {}
+    skip = {k for keys, _ in reinit.values() for k in keys}
+    expected = {k: v for k, v in model.state_dict().items() if k not in skip}
+    given = {k: v for k, v in state_dict.items() if k not in skip}
+    check_state_dict(expected, given, 'init_from', f"the {type(model).__name__} to train")
+    model.load_state_dict({k: v for k, v in given.items() if k in expected}, strict=False)
+    counts = {}
+    for k in given:
+        if k in expected: counts[k.split('.')[0]] = counts.get(k.split('.')[0], 0) + 1
+    return ([f"{group}: loaded ({n} tensors)" for group, n in counts.items()] +
+            [f"{group}: re-initialised, {why} ({', '.join(keys)})" for group, (keys, why) in reinit.items() if keys])
+
+def reinit_groups(cfg: TrainConfig, settings: Mapping) -> dict[str, tuple[list[str], str]]:
+    """The groups `init_model_from` re-initialises for a run `cfg` starting from a checkpoint with `settings`: the class
+    head when `num_classes` differs, the learned queries when `num_queries` does (`keys_depending_on`)."""
+    out = {}
+    for setting, group in (('num_classes', 'class head'), ('num_queries', 'queries')):
+        theirs, ours = settings.get(setting), getattr(cfg, setting)
+        if theirs is not None and theirs != ours:
+            out[group] = (keys_depending_on(cfg, setting), f"the checkpoint has {setting} = {theirs}, this run {ours}")
+    return out
+
 # %% ../nbs/15_engine.ipynb #49e69d8c
 def _device(name: str) -> torch.device:
     if name == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -107,15 +174,31 @@ def _seed_everything(seed: int):
 def train(config: TrainConfig | Mapping | None = None, **overrides) -> dict:
     """Train DETR as `detr-edu train` does (the same code): build model, criterion, data and recipe from the config,
     wrap the model in DistributedDataParallel when started by torchrun, and run `fit` into `output_dir`.
-    Returns `{'model', 'criterion', 'postprocessors', 'history', 'config', 'datasets'}`; `model` is the evaluated one
-    (the EMA's average when `ema_decay` > 0)."""
-    cfg = make_config(config, **overrides)
+    With `init_from`, start from those weights (`load_init_checkpoint`, `init_model_from`): the architecture settings
+    the config does not give come from the checkpoint (a `TrainConfig` gives every setting; a dict or keywords only
+    theirs). Returns `{'model', 'criterion', 'postprocessors', 'history', 'config', 'datasets', 'init_report'}`;
+    `model` is the evaluated one (the EMA's average when `ema_decay` > 0)."""
+    given = {**(asdict(config) if isinstance(config, TrainConfig) else dict(config or {})), **overrides}
+    init = None
+    if given.get('init_from'):
+        if given.get('resume'): raise ValueError(INIT_AND_RESUME)
+        settings, state_dict, fmt = load_init_checkpoint(given['init_from'])
+        if given.get('model', settings['model']) != settings['model']:
+            raise ValueError(f"config `model` is {given['model']!r}, but `init_from` holds a {settings['model']!r} "
+                             f"model ({fmt}); leave `model` out to take the checkpoint's")
+        init = settings, state_dict, fmt
+        given = {**{k: v for k, v in settings.items() if k != 'num_classes'}, **given}
+    cfg = make_config(given)
     info = init_distributed_mode()
     device = torch.device(info['device']) if info['distributed'] else _device(cfg.device)
     train_images, train_ann = resolve_coco_split(cfg.data_path, 'train')
     if cfg.num_classes is None: cfg = replace(cfg, num_classes=num_classes_from_annotations(train_ann))
     _seed_everything(cfg.seed + get_rank())
     model, criterion, postprocessors = build_model(cfg)
+    report = []
+    if init is not None:
+        report = init_model_from(model, init[1], reinit_groups(cfg, init[0]))
+        if is_main_process(): print(f"init_from {cfg.init_from} ({init[2]}):\n  " + '\n  '.join(report))
     model.to(device); criterion.to(device)
     ds_train, ds_val = build_dataset(cfg, 'train'), build_dataset(cfg, 'val')
     dl_train = build_loader(cfg, ds_train, train=True)
@@ -134,9 +217,9 @@ def train(config: TrainConfig | Mapping | None = None, **overrides) -> dict:
     history = fit(model, criterion, dl_train, optimizer, lr_scheduler, epochs=cfg.epochs, device=device,
                   run_dir=cfg.output_dir, data_loader_val=dl_val, postprocessors=postprocessors, base_ds=None,
                   max_norm=cfg.clip_max_norm, resume=cfg.resume or None, config=config, eval_every=cfg.eval_every,
-                  progress=cfg.progress, max_iters=cfg.max_iters, ema=ema)
+                  progress=cfg.progress, max_iters=cfg.max_iters, ema=ema, amp=cfg.amp, accum_steps=cfg.accum_steps)
     return {'model': model_without_ddp if ema is None else ema.module, 'criterion': criterion, 'postprocessors': postprocessors, 'history': history,
-            'config': cfg, 'datasets': (ds_train, ds_val)}
+            'config': cfg, 'datasets': (ds_train, ds_val), 'init_report': report}
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, **overrides) -> dict[str, float]:
     """COCO evaluation of a `detr-edu train` checkpoint on the val split of its `data_path` (or the one given);

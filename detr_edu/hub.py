@@ -16,10 +16,10 @@ from .detr import (DETR, build_detr, read_checkpoint, infer_detr_config, detr_fr
 
 # %% auto #0
 __all__ = ['OFFICIAL_DETR', 'official_checkpoint_path', 'load_official', 'transformers_key_to_official',
-           'convert_transformers_to_official', 'convert_official_to_transformers', 'read_checkpoint',
-           'infer_detr_config', 'detr_from_official', 'check_state_dict', 'load_checked', 'CheckpointMismatchError',
-           'deformable_detr_from_official', 'infer_deformable_detr_config', 'rtdetr_from_official',
-           'infer_rtdetr_config', 'yolos_from_official', 'yolos_from_transformers']
+           'convert_transformers_to_official', 'convert_official_to_transformers', 'read_transformers_detr',
+           'read_checkpoint', 'infer_detr_config', 'detr_from_official', 'check_state_dict', 'load_checked',
+           'CheckpointMismatchError', 'deformable_detr_from_official', 'infer_deformable_detr_config',
+           'rtdetr_from_official', 'infer_rtdetr_config', 'yolos_from_official', 'yolos_from_transformers']
 
 # %% ../nbs/16_hub.ipynb #e4d1c4c2
 OFFICIAL_DETR = {  # name: (url, sha256 prefix, dilation)
@@ -139,3 +139,17 @@ from .yolos import yolos_from_official, yolos_from_transformers
 _all_ = ['read_checkpoint', 'infer_detr_config', 'detr_from_official', 'check_state_dict', 'load_checked',
          'CheckpointMismatchError', 'deformable_detr_from_official', 'infer_deformable_detr_config', 'rtdetr_from_official', 'infer_rtdetr_config',
          'yolos_from_official', 'yolos_from_transformers']
+
+# %% ../nbs/16_hub.ipynb #6c330fed
+from .recipes import register_init_source, register_init_reader, read_official_detr
+
+for _name, (_url, _prefix, _dilated) in OFFICIAL_DETR.items():
+    if not _dilated: register_init_source(_name, lambda name=_name: official_checkpoint_path(name))
+
+@register_init_reader('transformers DETR')
+def read_transformers_detr(checkpoint: dict):
+    """A `DetrForObjectDetection` state dict (keys `model.backbone...`, `class_labels_classifier...`) for `init_from`:
+    converted to the official layout (`convert_transformers_to_official`), then read by lesson 10's
+    `read_official_detr`. None for other formats."""
+    if 'class_labels_classifier.weight' not in checkpoint: return None
+    return read_official_detr(convert_transformers_to_official(checkpoint))

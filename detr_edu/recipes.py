@@ -7,7 +7,7 @@ Docs: https://detr-edu.github.io/detr_edu/recipes.html.md"""
 # %% ../nbs/10_recipes.ipynb #419030b4
 from __future__ import annotations
 import json, math, os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -18,16 +18,18 @@ from .nested_tensor import NestedTensor
 from .backbone import FrozenBatchNorm2d, Joiner, downsample_mask
 from .position_encoding import build_position_encoding
 from .transformer import Transformer
-from .detr import DETR, build_detr, PostProcess
+from .detr import DETR, build_detr, PostProcess, read_checkpoint, infer_detr_config
 from .matcher import HungarianMatcher
 from .criterion import SetCriterion
 from .data import CocoDetection, make_coco_transforms, build_dataloader
+from .training import AMP_MODES
 
 # %% auto #0
-__all__ = ['MODELS', 'MODEL_DEFAULTS', 'MODEL_TRANSFORMS', 'register_model', 'TrainConfig', 'make_config', 'resolve_coco_split',
-           'num_classes_from_annotations', 'class_names_from_annotations', 'build_transforms', 'build_dataset',
-           'build_loader', 'detr_weight_dict', 'use_trainable_batchnorm', 'SmallConvBackbone', 'build_set_criterion',
-           'build_detr_training', 'build_model']
+__all__ = ['MODELS', 'MODEL_DEFAULTS', 'MODEL_TRANSFORMS', 'ARCHITECTURE_SETTINGS', 'INIT_SOURCES', 'INIT_READERS',
+           'register_model', 'TrainConfig', 'make_config', 'resolve_coco_split', 'num_classes_from_annotations',
+           'class_names_from_annotations', 'build_transforms', 'build_dataset', 'build_loader', 'detr_weight_dict',
+           'use_trainable_batchnorm', 'SmallConvBackbone', 'build_set_criterion', 'build_detr_training', 'build_model',
+           'register_init_source', 'register_init_reader', 'read_official_detr', 'keys_depending_on']
 
 # %% ../nbs/10_recipes.ipynb #0bf091a2
 def _opt(default, help: str, type=None, choices=None, nargs=None):
@@ -92,17 +94,23 @@ class TrainConfig:
     clip_max_norm: float = _opt(0.1, 'gradient clipping max norm (0 = no clipping)', float)
     ema_decay: float = _opt(0.0, 'decay of the moving average of the weights that is evaluated and saved (0: no EMA)', float)
     ema_warmups: int = _opt(2000, 'EMA warm-up: the decay at step t is ema_decay * (1 - exp(-t / ema_warmups))', int)
+    accum_steps: int = _opt(1, 'gradient accumulation: step once every this many batches (effective batch = batch_size * accum_steps * processes)', int)
+    amp: str = _opt('off', 'mixed precision: bf16 (CPU or GPU) or fp16 with loss scaling (GPU)', str, AMP_MODES)
     # run
     output_dir: str = _opt('runs/detr', 'run folder: checkpoint.pth, metrics.jsonl, loss_curve.png', str)
     device: str = _opt('auto', "'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...", str)
     seed: int = _opt(42, 'random seed (each process adds its rank)', int)
     resume: str = _opt('', 'checkpoint to resume from', str)
+    init_from: str = _opt('', 'start a new run from trained weights: a published name (detr_edu.hub), an official .pth, a '
+                              'transformers state dict or a detr-edu checkpoint; the architecture comes from it, the class head '
+                              'is re-initialised when num_classes differs, the queries when num_queries does', str)
     eval_every: int = _opt(1, 'evaluate every this many epochs (and after the last)', int)
     max_iters: int | None = _opt(None, 'cap on batches per epoch (quick experiments)', int)
     progress: bool = _opt(True, 'show tqdm progress bars', bool)
 
 _POSITIVE = {'batch_size', 'hidden_dim', 'nheads', 'enc_layers', 'dec_layers', 'dim_feedforward', 'num_queries',
-             'epochs', 'lr_drop', 'eval_every', 'max_iters', 'num_classes', 'max_size', 'lr', 'ema_warmups', 'patch_size'}
+             'epochs', 'lr_drop', 'eval_every', 'max_iters', 'num_classes', 'max_size', 'lr', 'ema_warmups', 'patch_size',
+             'accum_steps'}
 _NON_NEGATIVE = {'crop_prob', 'num_workers', 'lr_backbone', 'weight_decay', 'clip_max_norm', 'eos_coef', 'dropout',
                  'set_cost_class', 'set_cost_bbox', 'set_cost_giou', 'bbox_loss_coef', 'giou_loss_coef'}
 
@@ -256,3 +264,49 @@ def build_model(cfg: TrainConfig) -> tuple[nn.Module, nn.Module, dict]:
     if cfg.num_classes is None: raise ValueError("build_model: config `num_classes` is None; set it or call `train`, which reads it from the data")
     if cfg.model not in MODELS: raise ValueError(f"build_model: config `model` must be one of {sorted(MODELS)}, got {cfg.model!r}")
     return MODELS[cfg.model](cfg)
+
+# %% ../nbs/10_recipes.ipynb #bbc75a08
+ARCHITECTURE_SETTINGS = ('model', 'backbone', 'backbone_batchnorm', 'hidden_dim', 'nheads', 'enc_layers', 'dec_layers',
+                         'dim_feedforward', 'num_queries', 'patch_size')
+INIT_SOURCES: dict[str, Callable[[], str]] = {}   # published name -> its local checkpoint path (downloaded if needed)
+INIT_READERS: dict[str, Callable] = {}            # checkpoint format -> reader
+
+def register_init_source(name: str, path_fn: Callable[[], str]):
+    "Make `name` a valid `init_from`: `path_fn()` returns the local path of its checkpoint (downloading it if needed)."
+    INIT_SOURCES[name] = path_fn
+
+def register_init_reader(name: str):
+    """Decorator: add `reader(checkpoint: dict) -> (settings, state_dict) | None` to `INIT_READERS` under the format
+    `name`. The reader gets a loaded checkpoint (`torch.load(weights_only=True)` of the file) and returns None when it
+    is not in its format, else the `TrainConfig` settings of the model it holds (`model`, the architecture,
+    `num_classes` and `num_queries`) and its state dict with the names `build_model`'s model uses."""
+    def deco(reader: Callable) -> Callable:
+        INIT_READERS[name] = reader
+        return reader
+    return deco
+
+@register_init_reader('official DETR')
+def read_official_detr(checkpoint: Mapping):
+    """facebookresearch/detr's checkpoints (`{'model': state_dict, 'args': Namespace}` or the bare state dict, the
+    layout of lesson 05's `DETR`): the architecture from `infer_detr_config`, `nheads` from the checkpoint's `args`
+    (default 8). None for other formats."""
+    sd, args, _ = read_checkpoint(checkpoint, 'read_official_detr')
+    try: arch = infer_detr_config(sd)
+    except KeyError: return None
+    if arch['pre_norm'] or arch['position_embedding'] != 'sine' or getattr(args, 'dilation', False):
+        raise ValueError(f"init_from: this DETR checkpoint has pre_norm={arch['pre_norm']}, position_embedding="
+                         f"{arch['position_embedding']!r}, dilation={getattr(args, 'dilation', False)}; detr-edu train "
+                         f"builds DETRs with post-norm layers, sine positions and no dilation")
+    keep = ('backbone', 'hidden_dim', 'enc_layers', 'dec_layers', 'dim_feedforward', 'num_queries', 'num_classes')
+    return {'model': 'detr', 'nheads': int(getattr(args, 'nheads', 8)), **{k: arch[k] for k in keep}}, sd
+
+def keys_depending_on(cfg: TrainConfig, setting: str) -> list[str]:
+    """The state-dict keys of `build_model(cfg)`'s model whose shape changes with the integer `setting`
+    (`'num_classes'`: the class head; `'num_queries'`: learned queries), found by building the model with `setting`
+    and `setting + 1` on the meta device (shapes only: no memory, no initialisation)."""
+    if setting not in ('num_classes', 'num_queries'):
+        raise ValueError(f"keys_depending_on: `setting` must be 'num_classes' or 'num_queries', got {setting!r}")
+    with torch.device('meta'):
+        a = build_model(cfg)[0].state_dict()
+        b = build_model(replace(cfg, **{setting: getattr(cfg, setting) + 1}))[0].state_dict()
+    return sorted(k for k in a.keys() | b.keys() if k not in a or k not in b or a[k].shape != b[k].shape)
