@@ -17,7 +17,7 @@ from .backbone import Backbone, Joiner, IntermediateLayerGetter, downsample_mask
 from .transformer import MultiheadAttention, with_pos_embed, _get_activation_fn, _get_clones
 from .detr import MLP, RESNET_LAYOUTS, count_indices, decide_dilation, read_checkpoint, load_checked, check_state_dict
 from .ms_deform_attn import MSDeformAttn
-from .recipes import TrainConfig, register_model, use_trainable_batchnorm
+from .recipes import TrainConfig, register_model, register_init_reader, use_trainable_batchnorm
 
 # %% auto #0
 __all__ = ['inverse_sigmoid', 'refine_boxes', 'build_multiscale_backbone', 'get_valid_ratio', 'flatten_levels',
@@ -25,7 +25,8 @@ __all__ = ['inverse_sigmoid', 'refine_boxes', 'build_multiscale_backbone', 'get_
            'DeformableTransformerDecoderLayer', 'DeformableTransformerDecoder', 'encoder_output_proposals',
            'get_proposal_pos_embed', 'DeformableTransformer', 'DeformableDETR', 'DeformablePostProcess',
            'build_deformable_detr', 'deformable_weight_dict', 'build_deformable_criterion', 'deformable_param_groups',
-           'infer_deformable_detr_config', 'deformable_detr_from_official', 'build_deformable_detr_training']
+           'infer_deformable_detr_config', 'deformable_detr_from_official', 'build_deformable_detr_training',
+           'read_official_deformable_detr']
 
 # %% ../nbs/12_deformable_detr.ipynb #d9297fa2
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -695,3 +696,19 @@ def build_deformable_detr_training(cfg: TrainConfig) -> tuple[nn.Module, nn.Modu
         cfg.num_classes, cfg.dec_layers, cfg.aux_loss, set_cost_bbox=cfg.set_cost_bbox, set_cost_giou=cfg.set_cost_giou,
         bbox_loss_coef=cfg.bbox_loss_coef, giou_loss_coef=cfg.giou_loss_coef)
     return model, criterion, postprocessors
+
+# %% ../nbs/12_deformable_detr.ipynb #a691297f
+@register_init_reader('official Deformable DETR')
+def read_official_deformable_detr(checkpoint: dict):
+    """fundamentalvision/Deformable-DETR checkpoints (`{'model': state_dict, 'args': Namespace}` or the bare state dict)
+    for `init_from`: the `TrainConfig` settings of the model (`infer_deformable_detr_config`) and its state dict.
+    None for other formats; `ValueError` for the variants `detr-edu train` does not build."""
+    sd, args, _ = read_checkpoint(checkpoint, 'read_official_deformable_detr')
+    try: arch = infer_deformable_detr_config(sd, nheads=int(getattr(args, 'nheads', 8)))
+    except KeyError: return None
+    variants = [k for k in ('with_box_refine', 'two_stage') if arch[k]] + (['dilation'] if getattr(args, 'dilation', False) else [])
+    if variants:
+        raise ValueError(f"init_from: this Deformable DETR uses {variants}; detr-edu train builds the plain model "
+                         f"(no box refinement, one stage, no dilation)")
+    keep = ('backbone', 'hidden_dim', 'nheads', 'enc_layers', 'dec_layers', 'dim_feedforward', 'num_queries', 'num_classes')
+    return {'model': 'deformable_detr', **{k: arch[k] for k in keep}}, sd

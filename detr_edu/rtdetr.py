@@ -20,7 +20,7 @@ from .transformer import (MultiheadAttention, TransformerEncoderLayer, Transform
 from .deformable_detr import inverse_sigmoid
 from .ms_deform_attn import MSDeformAttn
 from .matcher import _check_targets
-from .recipes import TrainConfig, register_model
+from .recipes import TrainConfig, register_model, register_init_reader
 
 # %% auto #0
 __all__ = ['RESNET_BLOCKS', 'RTDETR_CONFIGS', 'get_activation', 'ConvNormLayer', 'BasicBlock', 'BottleNeck', 'Blocks', 'PResNet',
@@ -30,7 +30,7 @@ __all__ = ['RESNET_BLOCKS', 'RTDETR_CONFIGS', 'get_activation', 'ConvNormLayer',
            'RTDETRTransformer', 'RTDETR', 'RTDETRPostProcessor', 'build_rtdetr', 'varifocal_loss',
            'get_cdn_matched_indices', 'RTDETRCriterion', 'rtdetr_weight_dict', 'build_rtdetr_criterion',
            'make_rtdetr_transforms', 'rtdetr_transforms', 'rtdetr_multi_scale', 'build_rtdetr_training',
-           'score_iou_pairs', 'infer_rtdetr_config', 'rtdetr_from_official']
+           'score_iou_pairs', 'infer_rtdetr_config', 'rtdetr_from_official', 'read_official_rtdetr']
 
 # %% ../nbs/13_rtdetr.ipynb #2f2ad715
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
@@ -1054,3 +1054,19 @@ def rtdetr_from_official(checkpoint, nheads: int = 8, num_queries: int = 300, **
     ignorable = lambda k: k.endswith("num_batches_tracked") or k.startswith(("decoder.anchors", "decoder.valid_mask",
                                                                            "encoder.pos_embed"))
     return load_checked(build_rtdetr(**cfg), sd, "rtdetr_from_official", f"an RT-DETR built with {cfg}", ignore=ignorable)
+
+# %% ../nbs/13_rtdetr.ipynb #290e642f
+@register_init_reader('official RT-DETR')
+def read_official_rtdetr(checkpoint: dict):
+    """lyuwenyu/RT-DETR (rtdetr_pytorch) checkpoints for `init_from`: the `TrainConfig` settings of the model
+    (`infer_rtdetr_config`) and its state dict (the EMA's when the file has one), without the recomputed buffers.
+    None for other formats."""
+    sd, _, _ = read_checkpoint(checkpoint, 'read_official_rtdetr', prefer_ema=True)
+    try: arch = infer_rtdetr_config(sd)
+    except KeyError: return None
+    settings = dict(model='rtdetr', backbone=f"resnet{arch['depth']}", backbone_batchnorm=arch['depth'] >= 50 and not arch['freeze_norm'],
+                    hidden_dim=arch['hidden_dim'], nheads=arch['nhead'], enc_layers=arch['num_encoder_layers'],
+                    dec_layers=arch['num_decoder_layers'], dim_feedforward=arch['dim_feedforward'],
+                    num_queries=arch['num_queries'], num_classes=arch['num_classes'])
+    recomputed = ('decoder.anchors', 'decoder.valid_mask', 'encoder.pos_embed')
+    return settings, {k: v for k, v in sd.items() if not k.startswith(recomputed)}
