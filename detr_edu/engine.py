@@ -174,19 +174,21 @@ def _seed_everything(seed: int):
 def train(config: TrainConfig | Mapping | None = None, **overrides) -> dict:
     """Train DETR as `detr-edu train` does (the same code): build model, criterion, data and recipe from the config,
     wrap the model in DistributedDataParallel when started by torchrun, and run `fit` into `output_dir`.
-    With `init_from`, start from those weights (`load_init_checkpoint`, `init_model_from`): the architecture settings
-    the config does not give come from the checkpoint (a `TrainConfig` gives every setting; a dict or keywords only
-    theirs). Returns `{'model', 'criterion', 'postprocessors', 'history', 'config', 'datasets', 'init_report'}`;
+    With `init_from`, start from those weights (`load_init_checkpoint`, `init_model_from`). With `init_from` or
+    `resume`, the architecture settings the config does not give come from that checkpoint (a `TrainConfig` gives
+    every setting; a dict or keywords only theirs), so a fine-tuning run resumes without repeating them.
+    Returns `{'model', 'criterion', 'postprocessors', 'history', 'config', 'datasets', 'init_report'}`;
     `model` is the evaluated one (the EMA's average when `ema_decay` > 0)."""
     given = {**(asdict(config) if isinstance(config, TrainConfig) else dict(config or {})), **overrides}
+    if given.get('init_from') and given.get('resume'): raise ValueError(INIT_AND_RESUME)
+    source = 'init_from' if given.get('init_from') else 'resume' if given.get('resume') else None
     init = None
-    if given.get('init_from'):
-        if given.get('resume'): raise ValueError(INIT_AND_RESUME)
-        settings, state_dict, fmt = load_init_checkpoint(given['init_from'])
+    if source is not None:
+        settings, state_dict, fmt = load_init_checkpoint(given[source])
         if given.get('model', settings['model']) != settings['model']:
-            raise ValueError(f"config `model` is {given['model']!r}, but `init_from` holds a {settings['model']!r} "
+            raise ValueError(f"config `model` is {given['model']!r}, but `{source}` holds a {settings['model']!r} "
                              f"model ({fmt}); leave `model` out to take the checkpoint's")
-        init = settings, state_dict, fmt
+        if source == 'init_from': init = settings, state_dict, fmt
         given = {**{k: v for k, v in settings.items() if k != 'num_classes'}, **given}
     cfg = make_config(given)
     info = init_distributed_mode()

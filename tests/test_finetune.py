@@ -282,6 +282,9 @@ def test_train_init_from_a_detr_edu_checkpoint(tmp_path, capsys):
     assert out['config'].hidden_dim == 48 and out['config'].num_classes == 7      # architecture from the checkpoint
     assert 'class head: re-initialised, the checkpoint has num_classes = 2, this run 7' in printed
     assert 'backbone: loaded' in printed and 'transformer: loaded' in printed
+    resumed = train(data_path=str(data), epochs=2, max_iters=1, output_dir=str(tmp_path / 'ft'),
+                    resume=str(tmp_path / 'ft' / 'checkpoint.pth'), **{k: v for k, v in run.items() if k != 'hidden_dim'})
+    assert resumed['config'].hidden_dim == 48 and [r['epoch'] for r in resumed['history']] == [0, 1]   # no need to repeat it
     with pytest.raises(ValueError, match="config `model` is 'yolos'"):
         train(data_path=str(data), init_from=ck, model='yolos', output_dir=str(tmp_path / 'x'))
     with pytest.raises(CheckpointMismatchError, match='checkpoint'):
