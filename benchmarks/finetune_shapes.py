@@ -4,7 +4,7 @@ twice: once from the pre-trained weights (`init_from`, the class head re-initial
 same data, settings and seed. Prints val loss, AP50 and AP per epoch of both runs side by side.
 
     python benchmarks/finetune_shapes.py              # the recorded numbers (data/results/finetune_shapes.json)
-    python benchmarks/finetune_shapes.py --run        # measure again (about 4 CPU-minutes) and print the table
+    python benchmarks/finetune_shapes.py --run        # measure again (about 7 CPU-minutes on 2 cores) and print the table
     python benchmarks/finetune_shapes.py --run --record   # ... and overwrite the recorded numbers
 
 Both datasets are made by lesson 08's `make_shapes_dataset` with its `shapes`/`colours` options (small images, 1-4
