@@ -87,8 +87,10 @@ def small_shapes_copy(dest: Path, n_train: int = 4, n_val: int = 4) -> Path:
     return dest
 
 
-# the families the multi-process test trains: TINY, or TINY as an RT-DETR (whose recipe adds an EMA of the weights)
-FAMILIES = {'detr': {}, 'rtdetr': {'model': 'rtdetr', 'backbone': 'resnet18', 'dec_layers': 1}}
+# the families the multi-process test trains: TINY, TINY as an RT-DETR (whose recipe adds an EMA of the weights), and
+# TINY with gradient accumulation and bfloat16
+FAMILIES = {'detr': {}, 'rtdetr': {'model': 'rtdetr', 'backbone': 'resnet18', 'dec_layers': 1},
+            'detr_accum_bf16': {'accum_steps': 2, 'amp': 'bf16'}}   # 3 batches: one step of 2 (the first without sync), one of 1
 
 
 def ddp_worker(data_dir: str, out_dir: str, family: str = 'detr'):

@@ -267,7 +267,7 @@ def test_evaluate_oracle_on_shapes_val():
 
 # ---------------------------------------------------------------- several processes
 @needs_shapes
-@pytest.mark.parametrize('family', ['detr', 'rtdetr'])
+@pytest.mark.parametrize('family', ['detr', 'rtdetr', 'detr_accum_bf16'])
 def test_ddp_two_cpu_processes_stay_in_sync(tmp_path, family):
     """`train` under torchrun with 2 CPU processes (gloo): after 3 DDP steps both hold identical parameters, changed from
     init; the logged losses are averaged; the checkpoint keeps one RNG state per process; evaluation split over the
