@@ -15,7 +15,7 @@ from .box_ops import box_cxcywh_to_xyxy
 from .position_encoding import PositionEmbeddingSine, sine_frequencies, interleave_sin_cos
 from .backbone import Backbone, Joiner, IntermediateLayerGetter, downsample_mask
 from .transformer import MultiheadAttention, with_pos_embed, _get_activation_fn, _get_clones
-from .detr import MLP, RESNET_LAYOUTS, count_indices, decide_dilation, read_checkpoint, load_checked, check_state_dict
+from .detr import MLP, count_indices, resnet_from_state_dict, decide_dilation, read_checkpoint, load_checked, check_state_dict
 from .ms_deform_attn import MSDeformAttn
 from .recipes import TrainConfig, register_model, register_init_reader, use_trainable_batchnorm
 
@@ -618,10 +618,6 @@ def infer_deformable_detr_config(state_dict: dict[str, Tensor], nheads: int = 8)
     if missing:
         raise KeyError(f"infer_deformable_detr_config: not an official Deformable DETR state dict, missing {missing}")
     levels, hidden_dim = state_dict["transformer.level_embed"].shape
-    blocks = tuple(count_indices(state_dict, f"backbone.0.body.layer{i}.") for i in range(1, 5))
-    bottleneck = "backbone.0.body.layer1.0.conv3.weight" in state_dict
-    if (blocks, bottleneck) not in RESNET_LAYOUTS:
-        raise ValueError(f"infer_deformable_detr_config: backbone with blocks per stage {blocks} is not resnet18/34/50/101")
     def points(key):
         rows = state_dict[key].shape[0]
         if rows % (nheads * levels * 2):
@@ -629,7 +625,7 @@ def infer_deformable_detr_config(state_dict: dict[str, Tensor], nheads: int = 8)
                              f"nheads * levels * 2 = {nheads} * {levels} * 2; pass the right `nheads`")
         return rows // (nheads * levels * 2)
     two_stage = "transformer.enc_output.weight" in state_dict
-    cfg = dict(num_classes=state_dict["class_embed.0.weight"].shape[0], backbone=RESNET_LAYOUTS[(blocks, bottleneck)],
+    cfg = dict(num_classes=state_dict["class_embed.0.weight"].shape[0], backbone=resnet_from_state_dict(state_dict, "infer_deformable_detr_config"),
                hidden_dim=int(hidden_dim), nheads=nheads,
                enc_layers=count_indices(state_dict, "transformer.encoder.layers."),
                dec_layers=count_indices(state_dict, "transformer.decoder.layers."),

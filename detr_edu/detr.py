@@ -19,8 +19,8 @@ from .transformer import Transformer
 
 # %% auto #0
 __all__ = ['RESNET_LAYOUTS', 'MLP', 'DETR', 'PostProcess', 'build_detr', 'read_checkpoint', 'CheckpointMismatchError',
-           'check_state_dict', 'load_checked', 'count_indices', 'infer_detr_config', 'decide_dilation',
-           'detr_from_official']
+           'check_state_dict', 'load_checked', 'count_indices', 'resnet_from_state_dict', 'infer_detr_config',
+           'decide_dilation', 'detr_from_official']
 
 # %% ../nbs/05_detr.ipynb #67ca3cd5
 class MLP(nn.Module):
@@ -185,6 +185,16 @@ def count_indices(sd: dict, prefix: str) -> int:
     found = [int(m.group(1)) for k in sd if (m := pat.match(k))]
     return max(found) + 1 if found else 0
 
+def resnet_from_state_dict(state_dict: dict[str, Tensor], who: str, prefix: str = "backbone.0.body.") -> str:
+    """Which torchvision ResNet the keys under `prefix` describe ('resnet18', 'resnet34', 'resnet50' or 'resnet101'):
+    blocks per stage (`layerK.J.`) and whether the blocks have a `conv3` (bottleneck). ValueError (from `who`) if none."""
+    blocks = tuple(count_indices(state_dict, f"{prefix}layer{i}.") for i in range(1, 5))
+    bottleneck = f"{prefix}layer1.0.conv3.weight" in state_dict
+    if (blocks, bottleneck) not in RESNET_LAYOUTS:
+        raise ValueError(f"{who}: backbone with blocks per stage {blocks} "
+                         f"({'bottleneck' if bottleneck else 'basic'}) is not resnet18/34/50/101")
+    return RESNET_LAYOUTS[(blocks, bottleneck)]
+
 def infer_detr_config(state_dict: dict[str, Tensor]) -> dict:
     """Read `build_detr` keyword arguments off an official-layout DETR state dict (see the table above):
     num_classes, hidden_dim, num_queries, enc_layers, dec_layers, dim_feedforward, backbone, pre_norm,
@@ -195,17 +205,12 @@ def infer_detr_config(state_dict: dict[str, Tensor]) -> dict:
     if missing:
         raise KeyError(f"infer_detr_config: not an official DETR state dict, missing {missing}")
     num_queries, hidden_dim = state_dict["query_embed.weight"].shape
-    blocks = tuple(count_indices(state_dict, f"backbone.0.body.layer{i}.") for i in range(1, 5))
-    bottleneck = "backbone.0.body.layer1.0.conv3.weight" in state_dict
-    if (blocks, bottleneck) not in RESNET_LAYOUTS:
-        raise ValueError(f"infer_detr_config: backbone with blocks per stage {blocks} "
-                         f"({'bottleneck' if bottleneck else 'basic'}) is not resnet18/34/50/101")
     return dict(num_classes=state_dict["class_embed.weight"].shape[0] - 1, hidden_dim=hidden_dim,
                 num_queries=num_queries,
                 enc_layers=count_indices(state_dict, "transformer.encoder.layers."),
                 dec_layers=count_indices(state_dict, "transformer.decoder.layers."),
                 dim_feedforward=state_dict["transformer.encoder.layers.0.linear1.weight"].shape[0],
-                backbone=RESNET_LAYOUTS[(blocks, bottleneck)],
+                backbone=resnet_from_state_dict(state_dict, "infer_detr_config"),
                 pre_norm="transformer.encoder.norm.weight" in state_dict,
                 position_embedding="learned" if "backbone.1.row_embed.weight" in state_dict else "sine")
 
