@@ -8,7 +8,6 @@ Docs: https://detr-edu.github.io/detr_edu/export.html.md"""
 from __future__ import annotations
 import argparse
 import copy
-import os
 from dataclasses import fields
 from pathlib import Path
 import numpy as np
@@ -17,9 +16,11 @@ from torch import nn, Tensor
 from torch.export import Dim
 from .box_ops import box_cxcywh_to_xyxy
 from .detr import DETR
-from .deformable_detr import DeformableDETR
-from .rtdetr import RTDETR
-from .yolos import YOLOS
+from .deformable_detr import DeformableDETR, deformable_detr_from_official
+from .rtdetr import RTDETR, rtdetr_from_official
+from .yolos import YOLOS, yolos_from_official
+from .hub import detr_from_official
+from .engine import TrainConfig, make_config, build_model, load_checkpoint
 
 # %% auto #0
 __all__ = ['FAMILIES', 'MIN_SIDE', 'OUTPUT_NAMES', 'DEFAULT_IMAGE_SIZE', 'model_family', 'check_image_size', 'detections',
@@ -146,7 +147,7 @@ def export_program(model: nn.Module, image_size, dynamic: bool = True,
         return torch.export.export(deployed, example_inputs(size, postprocess),
                                    dynamic_shapes=dynamic_shapes(deployed.model, postprocess, dynamic))
 
-# %% ../nbs/17_export.ipynb #dad2e079
+# %% ../nbs/17_export.ipynb #296c2aa2
 OUTPUT_NAMES = {False: ["pred_logits", "pred_boxes"], True: ["scores", "labels", "boxes"]}
 
 def export_onnx(model: nn.Module, path, image_size=(800, 1066), dynamic: bool = True, postprocess: bool = False) -> Path:
@@ -187,17 +188,13 @@ def run_onnx(path, images, orig_sizes=None) -> dict[str, np.ndarray]:
     if orig_sizes is not None: feed["orig_sizes"] = np.asarray(orig_sizes, dtype=np.int64)
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
 
-# %% ../nbs/17_export.ipynb #22a4e0eb
+# %% ../nbs/17_export.ipynb #042bf250
 DEFAULT_IMAGE_SIZE = {"detr": (800, 1066), "deformable_detr": (800, 1066), "rtdetr": (640, 640), "yolos": (800, 1344)}
 _EXPECTED = ("a `detr-edu train` run checkpoint (a dict with 'config' and 'model') or an official DETR, "
              "Deformable DETR, RT-DETR or YOLOS checkpoint")
 
 def _official_loader(state_dict: dict):
     "The lesson function that reads an official checkpoint with these keys, or None."
-    from detr_edu.hub import detr_from_official
-    from detr_edu.deformable_detr import deformable_detr_from_official
-    from detr_edu.rtdetr import rtdetr_from_official
-    from detr_edu.yolos import yolos_from_official
     for key, loader in (("backbone.det_token", yolos_from_official),
                         ("transformer.level_embed", deformable_detr_from_official),
                         ("decoder.enc_score_head.weight", rtdetr_from_official),
@@ -207,7 +204,6 @@ def _official_loader(state_dict: dict):
 
 def _load_run(path: Path, ckpt: dict) -> tuple[nn.Module, tuple[int, int] | None]:
     "A `detr-edu train` checkpoint through the engine's config and checkpoint helpers."
-    from detr_edu.engine import TrainConfig, make_config, build_model, load_checkpoint
     known = {f.name for f in fields(TrainConfig)}
     cfg = make_config({k: v for k, v in ckpt["config"].items() if k in known})
     model, _, _ = build_model(cfg)
@@ -219,11 +215,10 @@ def load_for_export(checkpoint) -> tuple[nn.Module, tuple[int, int]]:
     """`(model in eval mode, default export size (H, W))` from a checkpoint file: a `detr-edu train` run checkpoint
     or an official checkpoint of one of the four families. `FileNotFoundError` / `ValueError` naming the file and the
     expected formats otherwise."""
-    import argparse as _ap
     path = Path(checkpoint)
     if not path.is_file(): raise FileNotFoundError(f"`checkpoint` {str(path)!r} is not a file")
     try:
-        with torch.serialization.safe_globals([_ap.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"cannot read `checkpoint` {str(path)!r} ({type(e).__name__}); expected {_EXPECTED}") from None
@@ -236,7 +231,7 @@ def load_for_export(checkpoint) -> tuple[nn.Module, tuple[int, int]]:
         model, size = loader(str(path)).eval(), None
     return model, size or DEFAULT_IMAGE_SIZE[model_family(model)]
 
-# %% ../nbs/17_export.ipynb #19199178
+# %% ../nbs/17_export.ipynb #4ee58ccd
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="detr-edu export", description="Export a checkpoint to ONNX or torch.export")
     p.add_argument("--checkpoint", required=True, help="a detr-edu train checkpoint or an official checkpoint")
