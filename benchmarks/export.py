@@ -18,6 +18,9 @@ Single numbers move by tens of per cent with the load: an RT-DETR-R18-only run a
 0.53 s, torch.compile 0.50 s (0.94x), ONNX Runtime 0.43 s (0.82x), so the RT-DETR goals were met in the recorded run
 and missed in that one: not robustly. torch.compile makes Deformable DETR slower: eager runs lesson 10's C++ kernel,
 while the traced graph has the pure-PyTorch grid_sample core, which Inductor lowers to gathers.
+Profile of eager Deformable DETR-R50 (torch.profiler, one 640x640 forward, 3.6 s CPU under the same load): ResNet-50
+convolutions 46 %, linear layers 17 %, the C++ deformable-attention kernel 11 % (12 calls), frozen batch norm 8 %,
+ReLUs 8 %. Not measured: the official Deformable DETR code (its attention kernel is CUDA-only; nothing is fetched).
 Max |ONNX Runtime - eager| of pred_boxes: 1.2e-7 (DETR), 2.7e-7 (Deformable DETR); RT-DETR-R18 prints 0.83: the
 random-weight model amplifies rounding differences through its decoder layers (run eagerly with the C++ and with
 the pure-PyTorch deformable attention, which agree to 2e-9 on the first layer's inputs, the same model ends 0.45
