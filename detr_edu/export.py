@@ -76,14 +76,15 @@ def detections(logits: Tensor, boxes: Tensor, orig_sizes: Tensor, scores: str = 
     """Batched post-processing. `logits` `(B, Q, C)` (with a last no-object column for `scores='softmax'`), `boxes`
     `(B, Q, 4)` normalised cxcywh, `orig_sizes` `(B, 2)` as `(h, w)` -> `(scores (B, K), labels (B, K) int64,
     boxes (B, K, 4))`, best first, boxes absolute xyxy in pixels. `'softmax'`: each query's best real class, `K = Q`;
-    `'sigmoid'`: the `K = min(k, Q * C)` best (query, class) pairs."""
+    `'sigmoid'`: the `K = min(k, Q * C)` best (query, class) pairs (all `Q * C` when `k` is None)."""
     if scores == "softmax":
         best, labels = logits.softmax(-1)[..., :-1].max(-1)                     # (B, Q)
         best, order = best.sort(dim=1, descending=True)
         labels, query = labels.gather(1, order), order
     elif scores == "sigmoid":
         C = logits.shape[-1]
-        best, index = logits.sigmoid().flatten(1).topk(min(k or C, logits.shape[1] * C), dim=1)
+        n = logits.shape[1] * C
+        best, index = logits.sigmoid().flatten(1).topk(min(k, n) if k else n, dim=1)
         labels, query = index % C, index // C
     else:
         raise ValueError(f"`scores` must be 'softmax' or 'sigmoid', got {scores!r}")
