@@ -15,8 +15,9 @@ from .box_ops import box_cxcywh_to_xyxy
 from .position_encoding import PositionEmbeddingSine, sine_frequencies, interleave_sin_cos
 from .backbone import Backbone, Joiner, IntermediateLayerGetter, downsample_mask
 from .transformer import MultiheadAttention, with_pos_embed, _get_activation_fn, _get_clones
-from .detr import MLP, count_indices, resnet_from_state_dict, decide_dilation, read_checkpoint, load_checked, check_state_dict
-from .ms_deform_attn import MSDeformAttn
+from .detr import (MLP, as_nested_tensor, count_indices, resnet_from_state_dict, decide_dilation,
+                           read_checkpoint, load_checked, check_state_dict)
+from .ms_deform_attn import MSDeformAttn, spatial_shape_list
 from .recipes import TrainConfig, register_model, register_init_reader, use_trainable_batchnorm
 
 # %% auto #0
@@ -83,7 +84,7 @@ def flatten_levels(srcs: list[Tensor], masks: list[Tensor], pos_embeds: list[Ten
     (True = padding), `pos_embeds[l]` `(B, d, H_l, W_l)`, `level_embed` `(L, d)`. Returns
 
     `src_flatten` `(B, S, d)`, `mask_flatten` `(B, S)`, `lvl_pos_embed_flatten` `(B, S, d)` (position + level embedding),
-    `spatial_shapes` `(L, 2)` int64 `(H_l, W_l)`, `level_start_index` `(L,)` int64, `valid_ratios` `(B, L, 2)` as
+    `spatial_shapes` a list of L `(H_l, W_l)` pairs, `level_start_index` a list of L ints, `valid_ratios` `(B, L, 2)` as
     `(w, h)` fractions; `S = sum_l H_l * W_l`, levels in order, each row-major (y then x)."""
     if not (len(srcs) == len(masks) == len(pos_embeds) == len(level_embed)):
         raise ValueError(f"flatten_levels: need as many `srcs`, `masks`, `pos_embeds` and `level_embed` rows, got "
@@ -92,22 +93,22 @@ def flatten_levels(srcs: list[Tensor], masks: list[Tensor], pos_embeds: list[Ten
     mask_flatten = torch.cat([m.flatten(1) for m in masks], 1)
     lvl_pos_embed_flatten = torch.cat([p.flatten(2).transpose(1, 2) + level_embed[l].view(1, 1, -1)
                                        for l, p in enumerate(pos_embeds)], 1)
-    spatial_shapes = torch.as_tensor([s.shape[-2:] for s in srcs], dtype=torch.long, device=src_flatten.device)
-    level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+    spatial_shapes = [tuple(s.shape[-2:]) for s in srcs]
+    level_start_index = [sum(h * w for h, w in spatial_shapes[:l]) for l in range(len(srcs))]
     valid_ratios = torch.stack([get_valid_ratio(m) for m in masks], 1)
     return src_flatten, mask_flatten, lvl_pos_embed_flatten, spatial_shapes, level_start_index, valid_ratios
 
 # %% ../nbs/12_deformable_detr.ipynb #0da835b7
-def get_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor, device=None) -> Tensor:
+def get_reference_points(spatial_shapes, valid_ratios: Tensor, device=None) -> Tensor:
     """Encoder reference points: the centre of every token, normalised by its level's valid (unpadded) size and then
     scaled into every level by that level's valid ratio.
 
-    `spatial_shapes` `(L, 2)` `(H_l, W_l)`, `valid_ratios` `(B, L, 2)` `(w, h)` fractions -> `(B, S, L, 2)` (x, y)
+    `spatial_shapes` `(L, 2)` tensor or list of `(H_l, W_l)`, `valid_ratios` `(B, L, 2)` `(w, h)` fractions -> `(B, S, L, 2)` (x, y)
     in [0, 1] of each padded level map, `S = sum_l H_l W_l` in `flatten_levels` order."""
     points = []
-    for lvl, (H, W) in enumerate(torch.as_tensor(spatial_shapes).tolist()):
-        ref_y, ref_x = torch.meshgrid(torch.linspace(0.5, H - 0.5, H, dtype=torch.float32, device=device),
-                                      torch.linspace(0.5, W - 0.5, W, dtype=torch.float32, device=device), indexing="ij")
+    for lvl, (H, W) in enumerate(spatial_shape_list(spatial_shapes)):
+        ref_y, ref_x = torch.meshgrid(torch.arange(H, dtype=torch.float32, device=device) + 0.5,   # pixel centres
+                                      torch.arange(W, dtype=torch.float32, device=device) + 0.5, indexing="ij")
         ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * H)   # (B, H*W) relative to valid height
         ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, lvl, 0] * W)
         points.append(torch.stack((ref_x, ref_y), -1))                          # (B, H*W, 2)
@@ -257,19 +258,19 @@ class DeformableTransformerDecoder(nn.Module):
         return result + (attentions,) if return_attention else result
 
 # %% ../nbs/12_deformable_detr.ipynb #7e081592
-def encoder_output_proposals(memory: Tensor, memory_padding_mask: Tensor, spatial_shapes: Tensor) -> tuple[Tensor, Tensor]:
+def encoder_output_proposals(memory: Tensor, memory_padding_mask: Tensor, spatial_shapes) -> tuple[Tensor, Tensor]:
     """One proposal per encoder token. `memory` `(B, S, d)`, `memory_padding_mask` `(B, S)` bool (True = padding),
-    `spatial_shapes` `(L, 2)`. Returns `(output_memory (B, S, d), output_proposals (B, S, 4))`: the memory with padded
+    `spatial_shapes` `(L, 2)` tensor or list of `(H_l, W_l)`. Returns `(output_memory (B, S, d), output_proposals (B, S, 4))`: the memory with padded
     and invalid tokens zeroed, and the proposal boxes in **logit space** (`inverse` of sigmoid of normalised cxcywh):
     centre = the token's pixel centre divided by the level's valid size, w = h = 0.05 * 2**level; `inf` where the
     token is padding or any coordinate falls outside (0.01, 0.99)."""
     B = memory.shape[0]
     proposals, start = [], 0
-    for lvl, (H, W) in enumerate(torch.as_tensor(spatial_shapes).tolist()):
+    for lvl, (H, W) in enumerate(spatial_shape_list(spatial_shapes)):
         mask = memory_padding_mask[:, start:start + H * W].view(B, H, W)
         valid_H, valid_W = (~mask[:, :, 0]).sum(1), (~mask[:, 0, :]).sum(1)
-        grid_y, grid_x = torch.meshgrid(torch.linspace(0, H - 1, H, dtype=torch.float32, device=memory.device),
-                                        torch.linspace(0, W - 1, W, dtype=torch.float32, device=memory.device), indexing="ij")
+        grid_y, grid_x = torch.meshgrid(torch.arange(H, dtype=torch.float32, device=memory.device),
+                                        torch.arange(W, dtype=torch.float32, device=memory.device), indexing="ij")
         grid = torch.stack([grid_x, grid_y], -1)                                    # (H, W, 2) as (x, y)
         scale = torch.stack([valid_W, valid_H], 1).view(B, 1, 1, 2)
         grid = (grid[None].expand(B, -1, -1, -1) + 0.5) / scale                     # pixel centres / valid size
@@ -339,7 +340,7 @@ class DeformableTransformer(nn.Module):
         "`(B, K, 4)` logit boxes -> `(B, K, 2 * d_model)` (see `get_proposal_pos_embed`)."
         return get_proposal_pos_embed(proposals, num_pos_feats=self.d_model // 2)
 
-    def gen_encoder_output_proposals(self, memory: Tensor, memory_padding_mask: Tensor, spatial_shapes: Tensor):
+    def gen_encoder_output_proposals(self, memory: Tensor, memory_padding_mask: Tensor, spatial_shapes):
         "`encoder_output_proposals`, then `enc_output` + `enc_output_norm` on the memory."
         output_memory, output_proposals = encoder_output_proposals(memory, memory_padding_mask, spatial_shapes)
         return self.enc_output_norm(self.enc_output(output_memory)), output_proposals
@@ -359,7 +360,7 @@ class DeformableTransformer(nn.Module):
             if S < self.two_stage_num_proposals:
                 raise ValueError(f"DeformableTransformer: two-stage keeps `two_stage_num_proposals` = "
                                  f"{self.two_stage_num_proposals} proposals but the images give only {S} tokens "
-                                 f"(levels {spatial_shapes.tolist()}); use larger images or fewer proposals")
+                                 f"(levels {spatial_shapes}); use larger images or fewer proposals")
             output_memory, output_proposals = self.gen_encoder_output_proposals(memory, mask_flatten, spatial_shapes)
             n = self.decoder.num_layers   # the extra (last) heads of the model score the proposals
             enc_outputs_class = self.decoder.class_embed[n](output_memory)
@@ -379,7 +380,9 @@ class DeformableTransformer(nn.Module):
                            mask_flatten, return_attention=return_attention)
         result = (out[0], init_reference_out, out[1], enc_outputs_class, enc_outputs_coord_unact)
         if return_attention:
-            result += ({"encoder": enc_attentions, "decoder": out[2], "spatial_shapes": spatial_shapes, "level_start_index": level_start_index,
+            result += ({"encoder": enc_attentions, "decoder": out[2],
+                        "spatial_shapes": torch.as_tensor(spatial_shapes, device=memory.device),
+                        "level_start_index": torch.as_tensor(level_start_index, device=memory.device),
                         "valid_ratios": valid_ratios},)
         return result
 
@@ -467,11 +470,7 @@ class DeformableDETR(nn.Module):
         return srcs, masks, pos
 
     def forward(self, samples, return_attention: bool = False) -> dict:
-        if isinstance(samples, (list, tuple, Tensor)):
-            samples = nested_tensor_from_tensor_list(samples)
-        if not isinstance(samples, NestedTensor):
-            raise TypeError(f"DeformableDETR.forward: `samples` must be a NestedTensor or a list of (3, H, W) tensors, "
-                            f"got {type(samples).__name__}")
+        samples = as_nested_tensor(samples, "DeformableDETR.forward")
         srcs, masks, pos = self.multi_scale_features(samples)
         query_embeds = None if self.two_stage else self.query_embed.weight
         out = self.transformer(srcs, masks, pos, query_embeds, return_attention=return_attention)

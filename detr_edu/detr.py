@@ -18,9 +18,9 @@ from .backbone import build_backbone
 from .transformer import Transformer
 
 # %% auto #0
-__all__ = ['RESNET_LAYOUTS', 'MLP', 'DETR', 'PostProcess', 'build_detr', 'read_checkpoint', 'CheckpointMismatchError',
-           'check_state_dict', 'load_checked', 'count_indices', 'resnet_from_state_dict', 'infer_detr_config',
-           'decide_dilation', 'detr_from_official']
+__all__ = ['RESNET_LAYOUTS', 'MLP', 'as_nested_tensor', 'DETR', 'PostProcess', 'build_detr', 'read_checkpoint',
+           'CheckpointMismatchError', 'check_state_dict', 'load_checked', 'count_indices', 'resnet_from_state_dict',
+           'infer_detr_config', 'decide_dilation', 'detr_from_official']
 
 # %% ../nbs/05_detr.ipynb #67ca3cd5
 class MLP(nn.Module):
@@ -38,9 +38,25 @@ class MLP(nn.Module):
             if i < self.num_layers - 1: x = F.relu(x)
         return x
 
+# %% ../nbs/05_detr.ipynb #bb6c297c
+def as_nested_tensor(samples, who: str = "as_nested_tensor") -> NestedTensor:
+    """The input of a DETR-family forward as a `NestedTensor`. A `(B, 3, H, W)` tensor is one unpadded batch: its
+    mask `(B, H, W)` is all False, made in one operation (no Python loop over the images, so `torch.export` keeps
+    `B`, `H` and `W` symbolic). A list or tuple of `(3, H_i, W_i)` images is padded by
+    `nested_tensor_from_tensor_list`; a `NestedTensor` is returned as it is. `who` prefixes the error messages."""
+    if isinstance(samples, NestedTensor): return samples
+    if isinstance(samples, (list, tuple)): return nested_tensor_from_tensor_list(samples)
+    if not isinstance(samples, Tensor):
+        raise TypeError(f"{who}: `samples` must be a NestedTensor, a (B, 3, H, W) tensor or a list of (3, H, W) "
+                        f"tensors, got {type(samples).__name__}")
+    if samples.ndim != 4:
+        raise ValueError(f"{who}: `samples` given as one tensor must be (B, 3, H, W), got shape {tuple(samples.shape)}")
+    return NestedTensor(samples, samples.new_zeros((samples.shape[0], *samples.shape[2:]), dtype=torch.bool))
+
 # %% ../nbs/05_detr.ipynb #e4634817
 class DETR(nn.Module):
-    """DETR: forward(samples: NestedTensor `(B, 3, H, W)` with mask, or a list of `(3, H_i, W_i)` images) -> dict with
+    """DETR: forward(samples: NestedTensor `(B, 3, H, W)` with mask, a `(B, 3, H, W)` tensor (no padding) or a list of
+    `(3, H_i, W_i)` images) -> dict with
     `pred_logits` `(B, Q, num_classes + 1)` (last = no object), `pred_boxes` `(B, Q, 4)` normalised cxcywh in [0, 1]
     relative to each image's own (unpadded) size, and, when `aux_loss` and the transformer returns every decoder
     layer, `aux_outputs`: one `{'pred_logits', 'pred_boxes'}` per earlier decoder layer. With
@@ -59,11 +75,7 @@ class DETR(nn.Module):
         self.aux_loss = aux_loss
 
     def forward(self, samples, return_attention: bool = False) -> dict:
-        if isinstance(samples, (list, tuple, Tensor)):
-            samples = nested_tensor_from_tensor_list(samples)
-        if not isinstance(samples, NestedTensor):
-            raise TypeError(f"DETR.forward: `samples` must be a NestedTensor or a list of (3, H, W) tensors, "
-                            f"got {type(samples).__name__}")
+        samples = as_nested_tensor(samples, "DETR.forward")
         features, pos = self.backbone(samples)
         src, mask = features[-1].decompose()
         out = self.transformer(self.input_proj(src), mask, self.query_embed.weight, pos[-1],

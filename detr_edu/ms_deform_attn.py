@@ -18,9 +18,9 @@ from torch import nn, Tensor
 
 # %% auto #0
 __all__ = ['BACKENDS', 'MS_DEFORM_ATTN_COMMON_H', 'MS_DEFORM_ATTN_CPU_CPP', 'MS_DEFORM_ATTN_CUDA_CU', 'bilinear_sample',
-           'ms_deform_attn_core_pytorch', 'check_ms_deform_attn_inputs', 'resolve_backend', 'ms_deform_attn',
-           'MSDeformAttn', 'KernelUnavailableError', 'kernel_sources', 'write_kernel_sources', 'kernel_cache_dir',
-           'build_ms_deform_attn', 'MSDeformAttnFunction']
+           'spatial_shape_list', 'ms_deform_attn_core_pytorch', 'check_ms_deform_attn_inputs', 'resolve_backend',
+           'ms_deform_attn', 'MSDeformAttn', 'KernelUnavailableError', 'kernel_sources', 'write_kernel_sources',
+           'kernel_cache_dir', 'build_ms_deform_attn', 'MSDeformAttnFunction']
 
 # %% ../nbs/11_ms_deform_attn.ipynb #043738c3
 def bilinear_sample(img: Tensor, loc: Tensor) -> Tensor:
@@ -44,22 +44,24 @@ def bilinear_sample(img: Tensor, loc: Tensor) -> Tensor:
     return out
 
 # %% ../nbs/11_ms_deform_attn.ipynb #20357d9f
-def _shape_list(value_spatial_shapes) -> list[tuple[int, int]]:
-    "`(L, 2)` tensor or sequence of (H, W) -> list of int pairs."
-    if isinstance(value_spatial_shapes, Tensor): value_spatial_shapes = value_spatial_shapes.tolist()
-    return [(int(h), int(w)) for h, w in value_spatial_shapes]
+def spatial_shape_list(spatial_shapes) -> list[tuple[int, int]]:
+    """The level sizes as a list of `(H_l, W_l)` pairs, from an `(L, 2)` integer tensor (read with `.tolist()`) or a
+    sequence of pairs (kept as they are). Sizes read off `.shape` are Python numbers, which `torch.export` follows
+    symbolically; the values inside a tensor are data it cannot see while tracing, so models pass the list form."""
+    if isinstance(spatial_shapes, Tensor): spatial_shapes = spatial_shapes.tolist()
+    return [(h, w) for h, w in spatial_shapes]
 
 def ms_deform_attn_core_pytorch(value: Tensor, value_spatial_shapes, sampling_locations: Tensor,
                                 attention_weights: Tensor) -> Tensor:
     """Multi-scale deformable attention, pure PyTorch (one `F.grid_sample` per level).
 
     value `(N, S, M, D)` (S = sum of H_l*W_l, levels concatenated row-major), value_spatial_shapes `(L, 2)` long
-    tensor or list of (H_l, W_l), sampling_locations `(N, Lq, M, L, P, 2)` normalised (x, y) (0 = left/top edge,
+    tensor or list of (H_l, W_l) (see `spatial_shape_list`), sampling_locations `(N, Lq, M, L, P, 2)` normalised (x, y) (0 = left/top edge,
     1 = right/bottom edge; outside reads zeros), attention_weights `(N, Lq, M, L, P)`.
     Returns `(N, Lq, M*D)`: for each query and head the attention-weighted sum of the bilinear samples."""
     N, S, M, D = value.shape
     _, Lq, _, L, P, _ = sampling_locations.shape
-    shapes = _shape_list(value_spatial_shapes)
+    shapes = spatial_shape_list(value_spatial_shapes)
     per_level = value.split([h * w for h, w in shapes], dim=1)            # L tensors (N, H_l*W_l, M, D)
     grids = 2 * sampling_locations - 1                                    # grid_sample wants [-1, 1]
     samples = []
@@ -75,14 +77,16 @@ def ms_deform_attn_core_pytorch(value: Tensor, value_spatial_shapes, sampling_lo
 def _fail(who: str, msg: str, exc=ValueError):
     raise exc(f"{who}: {msg}")
 
-def check_ms_deform_attn_inputs(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+def check_ms_deform_attn_inputs(value: Tensor, spatial_shapes, level_start_index: Tensor | None,
                                 sampling_locations: Tensor, attention_weights: Tensor, who: str = "ms_deform_attn"):
     """Raise a `TypeError`/`ValueError` naming the argument unless: value `(N, S, M, D)` floating, spatial_shapes
     `(L, 2)` integer with `sum(H*W) == S`, level_start_index `(L,)` integer equal to the exclusive cumulative sum of
     `H*W`, sampling_locations `(N, Lq, M, L, P, 2)` and attention_weights `(N, Lq, M, L, P)`, all floating tensors of
-    value's dtype, all on value's device."""
-    named = dict(value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
-                 sampling_locations=sampling_locations, attention_weights=attention_weights)
+    value's dtype, all on value's device. `spatial_shapes` may instead be a list of `(H_l, W_l)` pairs (the form
+    export follows); `level_start_index` is then not needed (None) and not checked."""
+    listed = isinstance(spatial_shapes, (list, tuple))
+    named = dict(value=value, sampling_locations=sampling_locations, attention_weights=attention_weights)
+    if not listed: named.update(spatial_shapes=spatial_shapes, level_start_index=level_start_index)
     for name, t in named.items():
         if not isinstance(t, Tensor): _fail(who, f"`{name}` must be a Tensor, got {type(t).__name__}", TypeError)
     if value.dim() != 4: _fail(who, f"`value` must be (N, S, M, D), got shape {tuple(value.shape)}")
@@ -93,15 +97,20 @@ def check_ms_deform_attn_inputs(value: Tensor, spatial_shapes: Tensor, level_sta
     for name, t in named.items():
         if t.device != value.device:
             _fail(who, f"`{name}` is on {t.device} but `value` is on {value.device}; put all inputs on one device")
-    for name in ("spatial_shapes", "level_start_index"):
-        if named[name].is_floating_point() or named[name].is_complex() or named[name].dtype == torch.bool:
-            _fail(who, f"`{name}` must be an integer (long) tensor, got {named[name].dtype}", TypeError)
     N, S, M, D = value.shape
-    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
-        _fail(who, f"`spatial_shapes` must be (L, 2) = (H_l, W_l) per level, got shape {tuple(spatial_shapes.shape)}")
-    L = spatial_shapes.shape[0]
-    if level_start_index.shape != (L,):
-        _fail(who, f"`level_start_index` must be (L,) = ({L},), got shape {tuple(level_start_index.shape)}")
+    if listed:
+        if not all(isinstance(hw, (list, tuple)) and len(hw) == 2 for hw in spatial_shapes):
+            _fail(who, f"`spatial_shapes` given as a list must hold (H_l, W_l) pairs, got {spatial_shapes!r}")
+        L = len(spatial_shapes)
+    else:
+        for name in ("spatial_shapes", "level_start_index"):
+            if named[name].is_floating_point() or named[name].is_complex() or named[name].dtype == torch.bool:
+                _fail(who, f"`{name}` must be an integer (long) tensor, got {named[name].dtype}", TypeError)
+        if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
+            _fail(who, f"`spatial_shapes` must be (L, 2) = (H_l, W_l) per level, got shape {tuple(spatial_shapes.shape)}")
+        L = spatial_shapes.shape[0]
+        if level_start_index.shape != (L,):
+            _fail(who, f"`level_start_index` must be (L,) = ({L},), got shape {tuple(level_start_index.shape)}")
     if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
         _fail(who, f"`sampling_locations` must be (N, Lq, M, L, P, 2), got shape {tuple(sampling_locations.shape)}")
     _, Lq, _, _, P, _ = sampling_locations.shape
@@ -110,15 +119,15 @@ def check_ms_deform_attn_inputs(value: Tensor, spatial_shapes: Tensor, level_sta
                    f"(N, S, M, D) = {tuple(value.shape)} and `spatial_shapes` (L={L}), got {tuple(sampling_locations.shape)}")
     if attention_weights.shape != (N, Lq, M, L, P):
         _fail(who, f"`attention_weights` must be (N, Lq, M, L, P) = {(N, Lq, M, L, P)}, got {tuple(attention_weights.shape)}")
-    hw = spatial_shapes.detach().to("cpu", torch.long)
-    if (hw <= 0).any(): _fail(who, f"`spatial_shapes` must be positive, got {hw.tolist()}")
-    areas = hw.prod(1)
-    if int(areas.sum()) != S:
-        _fail(who, f"`spatial_shapes` {hw.tolist()} cover sum(H*W) = {int(areas.sum())} tokens but `value` has "
+    hw = spatial_shape_list(spatial_shapes)
+    if any(h <= 0 or w <= 0 for h, w in hw): _fail(who, f"`spatial_shapes` must be positive, got {hw}")
+    areas = [h * w for h, w in hw]
+    if sum(areas) != S:
+        _fail(who, f"`spatial_shapes` {hw} cover sum(H*W) = {sum(areas)} tokens but `value` has "
                    f"S = {S} (value shape {tuple(value.shape)})")
-    starts = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
-    if not torch.equal(level_start_index.detach().to("cpu", torch.long), starts):
-        _fail(who, f"`level_start_index` must be {starts.tolist()} (where each level starts), "
+    starts = [sum(areas[:l]) for l in range(L)]
+    if not listed and level_start_index.tolist() != starts:
+        _fail(who, f"`level_start_index` must be {starts} (where each level starts), "
                    f"got {level_start_index.tolist()}")
 
 # %% ../nbs/11_ms_deform_attn.ipynb #dbe7f328
@@ -127,13 +136,15 @@ _warned: set = set()
 
 def resolve_backend(backend: str, value: Tensor) -> str:
     """The implementation `ms_deform_attn` will use for `value` ('pytorch', 'cpp' or 'cuda'), building the kernel if
-    needed. 'auto' (or `$DETR_EDU_MSDA_BACKEND`) falls back to 'pytorch' with a warning; a named backend that cannot
-    run raises `ValueError` (wrong device/dtype) or `KernelUnavailableError` (cannot be built)."""
+    needed. 'auto' (or `$DETR_EDU_MSDA_BACKEND`) falls back to 'pytorch' with a warning, and is 'pytorch' while
+    `torch.export` or `torch.compile` traces the model; a named backend that cannot run raises `ValueError` (wrong device/dtype) or `KernelUnavailableError` (cannot be built)."""
     if backend not in BACKENDS: _fail("ms_deform_attn", f"`backend` must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto": backend = os.environ.get("DETR_EDU_MSDA_BACKEND", "auto") or "auto"
     if backend not in BACKENDS:
         _fail("ms_deform_attn", f"$DETR_EDU_MSDA_BACKEND must be one of {BACKENDS}, got {backend!r}")
     dev, dt = value.device.type, value.dtype
+    if backend == "auto" and torch.compiler.is_compiling():
+        return "pytorch"      # torch.export / torch.compile trace standard ops; a compiled kernel is opaque to them
     if backend == "auto":
         kind = "cuda" if dev == "cuda" else "cpp" if dev == "cpu" and dt in (torch.float32, torch.float64) else None
         if kind is None: return "pytorch"
@@ -155,19 +166,23 @@ def resolve_backend(backend: str, value: Tensor) -> str:
     if backend in ("cpp", "cuda"): build_ms_deform_attn(backend)
     return backend
 
-def ms_deform_attn(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor, sampling_locations: Tensor,
+def ms_deform_attn(value: Tensor, spatial_shapes, level_start_index: Tensor | None, sampling_locations: Tensor,
                    attention_weights: Tensor, im2col_step: int = 64, backend: str = "auto") -> Tensor:
     """Multi-scale deformable attention core with a choice of implementation (see `resolve_backend`).
 
-    value `(N, S, M, D)`, spatial_shapes `(L, 2)` long (H_l, W_l), level_start_index `(L,)` long,
-    sampling_locations `(N, Lq, M, L, P, 2)` normalised (x, y), attention_weights `(N, Lq, M, L, P)`
-    -> `(N, Lq, M*D)`. `im2col_step`: batch rows per kernel launch (compiled backends)."""
+    value `(N, S, M, D)`, spatial_shapes `(L, 2)` long (H_l, W_l) or a list of `(H_l, W_l)` pairs,
+    level_start_index `(L,)` long (None with a list), sampling_locations `(N, Lq, M, L, P, 2)` normalised (x, y),
+    attention_weights `(N, Lq, M, L, P)` -> `(N, Lq, M*D)`. `im2col_step`: batch rows per kernel launch (compiled
+    backends)."""
     check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if not isinstance(im2col_step, int) or im2col_step < 1:
         _fail("ms_deform_attn", f"`im2col_step` must be a positive int, got {im2col_step!r}")
     kind = resolve_backend(backend, value)
     if kind == "pytorch":
         return ms_deform_attn_core_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
+    if isinstance(spatial_shapes, (list, tuple)):   # the kernels take tensors
+        spatial_shapes = torch.tensor(spatial_shapes, dtype=torch.long, device=value.device).view(-1, 2)
+        level_start_index = torch.cat([spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]])
     return MSDeformAttnFunction.apply(value, spatial_shapes.long(), level_start_index.long(), sampling_locations,
                                       attention_weights, im2col_step)
 
@@ -176,8 +191,8 @@ class MSDeformAttn(nn.Module):
     """Multi-scale deformable attention (Deformable DETR), official parameter names and initialisation.
 
     forward(query `(N, Lq, C)`, reference_points `(N, Lq, L, 2)` normalised (x, y) or `(N, Lq, L, 4)` normalised
-    cxcywh boxes, input_flatten `(N, S, C)`, input_spatial_shapes `(L, 2)` long (H_l, W_l),
-    input_level_start_index `(L,)` long, input_padding_mask `(N, S)` bool (True = padding) or None)
+    cxcywh boxes, input_flatten `(N, S, C)`, input_spatial_shapes `(L, 2)` long (H_l, W_l) or a list of `(H_l, W_l)`
+    pairs (the form `torch.export` follows), input_level_start_index `(L,)` long (None with a list), input_padding_mask `(N, S)` bool (True = padding) or None)
     -> output `(N, Lq, C)`; with `return_attention=True` -> `(output, sampling_locations (N, Lq, M, L, P, 2),
     attention_weights (N, Lq, M, L, P))` (normalised (x, y); weights sum to 1 over L and P per head).
 
@@ -223,8 +238,11 @@ class MSDeformAttn(nn.Module):
         N, Lq, _ = query.shape
         if input_flatten.shape[0] != N:
             _fail(who, f"`input_flatten` batch {input_flatten.shape[0]} does not match `query` batch {N}")
-        if not isinstance(input_spatial_shapes, Tensor) or input_spatial_shapes.shape != (self.n_levels, 2):
-            _fail(who, f"`input_spatial_shapes` must be (n_levels, 2) = ({self.n_levels}, 2), got "
+        shapes_ok = (len(input_spatial_shapes) == self.n_levels if isinstance(input_spatial_shapes, (list, tuple))
+                     else isinstance(input_spatial_shapes, Tensor) and input_spatial_shapes.shape == (self.n_levels, 2))
+        if not shapes_ok:
+            _fail(who, f"`input_spatial_shapes` must be (n_levels, 2) = ({self.n_levels}, 2) or a list of "
+                       f"{self.n_levels} (H, W) pairs, got "
                        f"{tuple(input_spatial_shapes.shape) if isinstance(input_spatial_shapes, Tensor) else input_spatial_shapes}")
         if (not isinstance(reference_points, Tensor) or reference_points.dim() != 4
                 or reference_points.shape[:3] != (N, Lq, self.n_levels) or reference_points.shape[-1] not in (2, 4)):
@@ -251,9 +269,10 @@ class MSDeformAttn(nn.Module):
         value = value.view(N, S, M, self.d_model // M)
         offsets = self.sampling_offsets(query).view(N, Lq, M, L, P, 2)
         weights = self.attention_weights(query).view(N, Lq, M, L * P).softmax(-1).view(N, Lq, M, L, P)
-        if reference_points.shape[-1] == 2:
-            wh = input_spatial_shapes.flip(-1).to(offsets)                        # (L, 2) = (W_l, H_l)
-            locations = reference_points[:, :, None, :, None, :] + offsets / wh[None, None, None, :, None, :]
+        if reference_points.shape[-1] == 2:   # offsets in pixels of each level: divide x by W_l and y by H_l
+            in_maps = torch.stack([torch.stack((offsets[:, :, :, l, :, 0] / w, offsets[:, :, :, l, :, 1] / h), -1)
+                                   for l, (h, w) in enumerate(spatial_shape_list(input_spatial_shapes))], 3)
+            locations = reference_points[:, :, None, :, None, :] + in_maps
         else:
             locations = (reference_points[:, :, None, :, None, :2]
                          + offsets / P * reference_points[:, :, None, :, None, 2:] * 0.5)

@@ -474,7 +474,7 @@ class RTDETRDecoderLayer(nn.Module):
         q = k = with_pos_embed(tgt, query_pos_embed)
         tgt2, self_w = self.self_attn(q, k, tgt, attn_mask=attn_mask, need_weights=return_attention)
         tgt = self.norm1(tgt + self.dropout1(tgt2))
-        ref = reference_points[:, :, None].expand(-1, -1, spatial_shapes.shape[0], -1)  # same box on every level
+        ref = reference_points[:, :, None].expand(-1, -1, len(spatial_shapes), -1)  # same box on every level
         out = self.cross_attn(with_pos_embed(tgt, query_pos_embed), ref, memory, spatial_shapes, level_start_index,
                               return_attention=return_attention)
         tgt = self.norm2(tgt + self.dropout2(out[0] if return_attention else out))
@@ -604,6 +604,7 @@ class RTDETRTransformer(nn.Module):
         self.dec_score_head = nn.ModuleList(nn.Linear(hidden_dim, num_classes) for _ in range(num_decoder_layers))
         self.dec_bbox_head = nn.ModuleList(MLP(hidden_dim, hidden_dim, 4, num_layers=3) for _ in range(num_decoder_layers))
         self._reset_parameters()
+        self.precompute_anchors(None)
 
     def _reset_parameters(self):
         "Official init: class heads start at p = 0.01, box heads predict no correction, Xavier elsewhere."
@@ -616,8 +617,9 @@ class RTDETRTransformer(nn.Module):
         nn.init.xavier_uniform_(self.query_pos_head.layers[0].weight)
         nn.init.xavier_uniform_(self.query_pos_head.layers[1].weight)
 
-    def _get_encoder_input(self, feats: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        "Project and flatten: memory `(B, S, C)`, spatial_shapes `(L, 2)` long, level_start_index `(L,)` long."
+    def _get_encoder_input(self, feats: list[Tensor]) -> tuple[Tensor, list, list]:
+        """Project and flatten: memory `(B, S, C)`, spatial_shapes (a list of L `(H_l, W_l)` pairs), level_start_index
+        (a list of L ints). Lists, not tensors: the sizes stay Python numbers that export can follow (lesson 12)."""
         n = self.num_feats
         if not isinstance(feats, (list, tuple)) or len(feats) != n:
             raise ValueError(f"RTDETRTransformer: `feats` must be a list of {n} feature maps, got "
@@ -630,15 +632,43 @@ class RTDETRTransformer(nn.Module):
         proj = [self.input_proj[i](f) for i, f in enumerate(feats)]
         for i in range(len(feats), self.num_levels):
             proj.append(self.input_proj[i](feats[-1] if i == len(feats) else proj[-1]))
-        shapes = torch.tensor([p.shape[2:] for p in proj], dtype=torch.long, device=proj[0].device)
-        starts = torch.cat([shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]])
+        shapes = [tuple(p.shape[2:]) for p in proj]
+        starts = [sum(h * w for h, w in shapes[:l]) for l in range(len(shapes))]
         return torch.cat([p.flatten(2).transpose(1, 2) for p in proj], 1), shapes, starts
+
+    def level_shapes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
+        "The `(H_l, W_l)` of every level for an `(H, W)` image (multiples of 32): stride 8, 16, 32, then halved (ceil)."
+        H, W = image_size
+        shapes = [(H // s, W // s) for s in self.feat_strides[:self.num_feats]]
+        while len(shapes) < self.num_levels:
+            shapes.append(((shapes[-1][0] + 1) // 2, (shapes[-1][1] + 1) // 2))
+        return shapes
+
+    def precompute_anchors(self, image_size: tuple[int, int] | None):
+        """Keep `generate_anchors` for one `(H, W)` image size as buffers (`anchors` `(1, S, 4)`, `valid_mask`
+        `(1, S, 1)`, not saved in the state dict), used whenever the feature maps have that size: a deployed model
+        takes one size, and its anchors become constants instead of arange/meshgrid work in every forward.
+        `None` forgets them."""
+        self.anchor_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
+        anchors = valid = None
+        if image_size is not None:
+            anchors, valid = generate_anchors(self.level_shapes(self.anchor_size), eps=self.eps,
+                                              device=self.enc_score_head.weight.device)
+        self.register_buffer("anchors", anchors, persistent=False)
+        self.register_buffer("valid_mask", valid, persistent=False)
+        return self
+
+    def _anchors(self, spatial_shapes, memory: Tensor) -> tuple[Tensor, Tensor]:
+        "The precomputed anchors when `spatial_shapes` are those of `anchor_size`, else fresh ones."
+        if self.anchor_size is not None and spatial_shapes == self.level_shapes(self.anchor_size):
+            return self.anchors.to(memory.dtype), self.valid_mask
+        return generate_anchors(spatial_shapes, eps=self.eps, dtype=memory.dtype, device=memory.device)
 
     def _get_decoder_input(self, memory, spatial_shapes, denoising_class=None, denoising_bbox_unact=None,
                            return_selection: bool = False):
         """Anchors -> scores -> top-k: `(target (B, Q', C), ref_unact (B, Q', 4) detached, enc_topk_bboxes,
         enc_topk_logits)`, plus the `query_selection` dict with `return_selection`."""
-        anchors, valid_mask = generate_anchors(spatial_shapes, eps=self.eps, dtype=memory.dtype, device=memory.device)
+        anchors, valid_mask = self._anchors(spatial_shapes, memory)
         memory = valid_mask.to(memory.dtype) * memory
         output_memory = self.enc_output(memory)
         enc_class = self.enc_score_head(output_memory)
@@ -660,7 +690,7 @@ class RTDETRTransformer(nn.Module):
         selection = {"anchors": boxes, "valid_mask": valid_mask, "topk_ind": topk_ind, "enc_scores": scores,
                      "enc_labels": labels, "enc_boxes": enc_topk_bboxes,
                      "topk_anchors": boxes.expand(len(topk_ind), -1, -1).gather(1, topk_ind[..., None].expand(-1, -1, 4)),
-                     "spatial_shapes": spatial_shapes}
+                     "spatial_shapes": torch.as_tensor(spatial_shapes, device=memory.device)}
         return result + (selection,)
 
     def forward(self, feats: list[Tensor], targets: list[dict] | None = None, return_intermediate: bool = False,
@@ -690,8 +720,8 @@ class RTDETRTransformer(nn.Module):
         if return_intermediate and not self.training:
             out.update(enc_topk_logits=enc_topk_logits, enc_topk_bboxes=enc_topk_bboxes, intermediate_boxes=out_bboxes)
         if return_attention:
-            out["attentions"] = {"decoder": inspect[0], "spatial_shapes": spatial_shapes,
-                                 "level_start_index": level_start_index}
+            out["attentions"] = {"decoder": inspect[0], "spatial_shapes": torch.as_tensor(spatial_shapes),
+                                 "level_start_index": torch.as_tensor(level_start_index)}
             out["ref_boxes_per_layer"] = inspect[1]
             out["query_selection"] = {**selection[0], "level_start_index": level_start_index}
         return out
@@ -702,7 +732,8 @@ class RTDETR(nn.Module):
     normalisation, H and W multiples of 32; a list of equal-size `(3, H, W)` images is stacked, a `NestedTensor` without
     padding is unwrapped; targets (training)
     as in `RTDETRTransformer`) -> the decoder's dict. `multi_scale` (list of sizes): in training, resize the batch to a
-    random square size from it, as the official recipe. `deploy()` = eval + fuse all RepVgg blocks.
+    random square size from it, as the official recipe. `deploy(image_size)` = eval + fuse all RepVgg blocks +
+    anchors precomputed for that size.
 
     `return_attention=True` adds `attentions`, `ref_boxes_per_layer` and `query_selection` (see `RTDETRTransformer`);
     `attentions['encoder']` is the `HybridEncoder`'s list: per AIFI layer `{'self_attn' (B, nhead, S, S), 'level',
@@ -736,9 +767,13 @@ class RTDETR(nn.Module):
         if return_attention: out["attentions"] = {"encoder": enc_attentions, **out["attentions"]}
         return out
 
-    def deploy(self) -> "RTDETR":
-        "Eval mode and re-parameterised RepVgg blocks (same outputs, faster)."
+    def deploy(self, image_size: tuple[int, int] | None = None) -> "RTDETR":
+        """Eval mode and re-parameterised RepVgg blocks (same outputs, faster); with `image_size` `(H, W)` (multiples of
+        32) also the anchors of that size precomputed (`RTDETRTransformer.precompute_anchors`), as for export."""
+        if image_size is not None and (len(image_size) != 2 or any(int(s) % 32 or int(s) <= 0 for s in image_size)):
+            raise ValueError(f"RTDETR.deploy: `image_size` must be (H, W), positive multiples of 32, got {image_size!r}")
         self.eval()
+        self.decoder.precompute_anchors(image_size)
         for m in self.modules():
             if isinstance(m, RepVggBlock): m.convert_to_deploy()
         return self

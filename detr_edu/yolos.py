@@ -62,7 +62,8 @@ def interpolate_pos_embed(pos_embed: Tensor, pe_grid: tuple[int, int], new_grid:
     pre-training grid `pe_grid = (h0, w0)`), [DET]. Returns `(..., 1 + h*w + num_det_tokens, D)` for
     `new_grid = (h, w)`: the patch rows are reshaped to `(D, h0, w0)` images, resized with bicubic
     interpolation (`align_corners=False`), flattened back; the [CLS] and [DET] rows are unchanged.
-    Returns `pos_embed` itself when the grids are equal. Leading dimensions (e.g. the layers of
+    Returns `pos_embed` itself when the grids are equal, except while `torch.export` traces: a Python test of the grid
+    would fix the exported graph to one branch, and bicubic resizing to the same grid is the identity anyway. Leading dimensions (e.g. the layers of
     `mid_pos_embed`, `(depth - 1, 1, S, D)`) are resized independently.
     """
     h0, w0 = pe_grid
@@ -71,7 +72,7 @@ def interpolate_pos_embed(pos_embed: Tensor, pe_grid: tuple[int, int], new_grid:
     if S != 1 + h0 * w0 + num_det_tokens:
         raise ValueError(f"interpolate_pos_embed: `pos_embed` has {S} rows, expected 1 + {h0}*{w0} + "
                          f"{num_det_tokens} = {1 + h0 * w0 + num_det_tokens} for pe_grid={tuple(pe_grid)}")
-    if (h0, w0) == (h, w):
+    if not torch.compiler.is_compiling() and (h0, w0) == (h, w):   # eager shortcut; a traced graph keeps the resize
         return pos_embed
     lead = pos_embed.shape[:-2]
     flat = pos_embed.reshape(-1, S, D)

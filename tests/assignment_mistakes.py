@@ -489,7 +489,7 @@ def bilinear_sample(img, loc):
 ("levels reshaped as (W, H)", '''
 def ms_deform_attn_core_pytorch(value, value_spatial_shapes, sampling_locations, attention_weights):
     N, S, M, D = value.shape; _, Lq, _, L, P, _ = sampling_locations.shape
-    shapes = _shape_list(value_spatial_shapes); per = value.split([h * w for h, w in shapes], 1)
+    shapes = spatial_shape_list(value_spatial_shapes); per = value.split([h * w for h, w in shapes], 1)
     grids = 2 * sampling_locations - 1; samples = []
     for l, (h, w) in enumerate(shapes):
         img = per[l].permute(0, 2, 3, 1).reshape(N * M, D, w, h).transpose(-1, -2)
@@ -501,7 +501,7 @@ def ms_deform_attn_core_pytorch(value, value_spatial_shapes, sampling_locations,
 ("align_corners=True (the corner-pixel convention)", '''
 def ms_deform_attn_core_pytorch(value, value_spatial_shapes, sampling_locations, attention_weights):
     N, S, M, D = value.shape; _, Lq, _, L, P, _ = sampling_locations.shape
-    shapes = _shape_list(value_spatial_shapes); per = value.split([h * w for h, w in shapes], 1)
+    shapes = spatial_shape_list(value_spatial_shapes); per = value.split([h * w for h, w in shapes], 1)
     grids = 2 * sampling_locations - 1; samples = []
     for l, (h, w) in enumerate(shapes):
         img = per[l].permute(0, 2, 3, 1).reshape(N * M, D, h, w)
@@ -513,7 +513,7 @@ def ms_deform_attn_core_pytorch(value, value_spatial_shapes, sampling_locations,
 ("locations passed to grid_sample unscaled (in [0, 1], not [-1, 1])", '''
 def ms_deform_attn_core_pytorch(value, value_spatial_shapes, sampling_locations, attention_weights):
     N, S, M, D = value.shape; _, Lq, _, L, P, _ = sampling_locations.shape
-    shapes = _shape_list(value_spatial_shapes); per = value.split([h * w for h, w in shapes], 1)
+    shapes = spatial_shape_list(value_spatial_shapes); per = value.split([h * w for h, w in shapes], 1)
     samples = []
     for l, (h, w) in enumerate(shapes):
         img = per[l].permute(0, 2, 3, 1).reshape(N * M, D, h, w)

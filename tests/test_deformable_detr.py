@@ -348,7 +348,7 @@ def test_encoder_sampling_locations_by_hand():
         src, _, lvl_pos, shapes, _, ratios = flatten_levels(srcs, masks, pos, m.transformer.level_embed)
         offsets = attn.sampling_offsets(src + lvl_pos).view(2, -1, HEADS, 4, POINTS, 2)
         ref = get_reference_points(shapes, ratios)
-        wh = shapes.flip(-1).float()
+        wh = torch.tensor(shapes).flip(-1).float()
         expect = ref[:, :, None, :, None, :] + offsets / wh[None, None, None, :, None, :]
     close(out["attentions"]["encoder"][0]["sampling_locations"], expect, "encoder sampling locations")
 
