@@ -15,8 +15,9 @@ Goals for RT-DETR-R18: ONNX Runtime <= 0.7x eager, torch.compile <= 0.8x eager.
 RECORDED below: the run of 2026-12-03, 13:19-13:29 UTC, on the course's 2-core CPU while another developer's jobs
 shared it (load average 3-4); medians of 5 interleaved rounds, wall seconds (process CPU seconds in the comments).
 Single numbers move by tens of per cent with the load: an RT-DETR-R18-only run at 13:13 (load about 1.5) gave eager
-0.53 s, torch.compile 0.50 s (0.94x), ONNX Runtime 0.43 s (0.82x), so the RT-DETR goals were met in the recorded run
-and missed in that one: not robustly. torch.compile makes Deformable DETR slower: eager runs lesson 11's C++ kernel,
+0.53 s, torch.compile 0.50 s (0.94x), ONNX Runtime 0.43 s (0.82x), and one at 14:05 on the idle machine (load 0.1, 5 rounds)
+gave eager 0.598 s, torch.compile 0.530 s (0.89x), ONNX Runtime 0.509 s (0.85x): the RT-DETR goals were met in the
+recorded run and missed on a quiet machine, so they are not met. torch.compile makes Deformable DETR slower: eager runs lesson 11's C++ kernel,
 while the traced graph has the pure-PyTorch grid_sample core, which Inductor lowers to gathers.
 Profile of eager Deformable DETR-R50 (torch.profiler, one 640x640 forward, 3.6 s CPU under the same load): ResNet-50
 convolutions 46 %, linear layers 17 %, the C++ deformable-attention kernel 11 % (12 calls), frozen batch norm 8 %,
