@@ -30,8 +30,8 @@ from .yolos import build_yolos_training
 
 # %% auto #0
 __all__ = ['INIT_AND_RESUME', 'default_transform', 'draw_detections', 'predict', 'load_init_checkpoint', 'init_model_from',
-           'reinit_groups', 'train', 'evaluate_checkpoint', 'format_coco_stats', 'predict_images', 'other_commands',
-           'get_args_parser', 'main']
+           'reinit_groups', 'config_from_checkpoint', 'train', 'evaluate_checkpoint', 'format_coco_stats',
+           'predict_images', 'other_commands', 'get_args_parser', 'main']
 
 # %% ../nbs/15_engine.ipynb #fd7ef500
 _COLORS = ['#e6194b', '#3cb44b', '#4363d8', '#f58231', '#911eb4', '#42d4f4', '#f032e6', '#bfef45', '#469990', '#9a6324']
@@ -157,7 +157,10 @@ def _device(name: str) -> torch.device:
     if dev.type == 'cuda' and not torch.cuda.is_available(): raise ValueError(f"`device` {name!r}: CUDA is not available here")
     return dev
 
-def _load_config_from_checkpoint(checkpoint: str | os.PathLike, **overrides) -> tuple[TrainConfig, dict]:
+def config_from_checkpoint(checkpoint: str | os.PathLike, **overrides) -> tuple[TrainConfig, dict]:
+    """`(TrainConfig, checkpoint dict)` of a `detr-edu train` checkpoint: the run's stored config (settings this
+    version does not know are dropped), with `overrides` that are not None on top. FileNotFoundError / ValueError
+    naming `checkpoint` when it is not such a file."""
     path = Path(checkpoint)
     if not path.is_file(): raise FileNotFoundError(f"`checkpoint` {str(path)!r} is not a file")
     ck = torch.load(path, map_location='cpu', weights_only=True)
@@ -226,7 +229,7 @@ def train(config: TrainConfig | Mapping | None = None, **overrides) -> dict:
 def evaluate_checkpoint(checkpoint: str | os.PathLike, **overrides) -> dict[str, float]:
     """COCO evaluation of a `detr-edu train` checkpoint on the val split of its `data_path` (or the one given);
     `overrides` may set `data_path`, `batch_size`, `num_workers`, `device`, `max_iters`, `progress`. Returns the stats."""
-    cfg, _ = _load_config_from_checkpoint(checkpoint, **overrides)
+    cfg, _ = config_from_checkpoint(checkpoint, **overrides)
     device = _device(cfg.device)
     model, criterion, postprocessors = build_model(cfg)
     load_checkpoint(checkpoint, model, restore_rng=False, use_ema=True)
@@ -245,7 +248,7 @@ def predict_images(checkpoint: str | os.PathLike, images: Sequence[str | os.Path
                    threshold: float = 0.7, device: str = 'auto') -> list[dict]:
     """Run a `detr-edu train` checkpoint on image files; write each with its detections drawn to `output` (a file when
     there is one image and `output` has an image suffix, else a folder). Returns the detections per image."""
-    cfg, ck = _load_config_from_checkpoint(checkpoint, device=device)
+    cfg, ck = config_from_checkpoint(checkpoint, device=device)
     dev = _device(cfg.device)
     model, _, postprocessors = build_model(cfg)
     load_checkpoint(checkpoint, model, restore_rng=False, use_ema=True)

@@ -8,7 +8,6 @@ Docs: https://detr-edu.github.io/detr_edu/export.html.md"""
 from __future__ import annotations
 import argparse, sys
 import copy
-from dataclasses import fields
 from pathlib import Path
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from .deformable_detr import DeformableDETR, deformable_detr_from_official
 from .rtdetr import RTDETR, rtdetr_from_official
 from .yolos import YOLOS, yolos_from_official
 from .hub import detr_from_official
-from .engine import TrainConfig, make_config, build_model, load_checkpoint
+from .engine import config_from_checkpoint, build_model, load_checkpoint
 
 # %% auto #0
 __all__ = ['FAMILIES', 'MIN_SIDE', 'OUTPUT_NAMES', 'DEFAULT_IMAGE_SIZE', 'model_family', 'check_image_size', 'detections',
@@ -203,10 +202,9 @@ def _official_loader(state_dict: dict):
         if key in state_dict: return loader
     return None
 
-def _load_run(path: Path, ckpt: dict) -> tuple[nn.Module, tuple[int, int] | None]:
-    "A `detr-edu train` checkpoint through the engine's config and checkpoint helpers."
-    known = {f.name for f in fields(TrainConfig)}
-    cfg = make_config({k: v for k, v in ckpt["config"].items() if k in known})
+def _load_run(path: Path) -> tuple[nn.Module, tuple[int, int] | None]:
+    "A `detr-edu train` checkpoint through the engine's `config_from_checkpoint`, `build_model` and `load_checkpoint`."
+    cfg, _ = config_from_checkpoint(path)
     model, _, _ = build_model(cfg)
     load_checkpoint(path, model, restore_rng=False, use_ema=True)
     size = cfg.max_size // 32 * 32 if cfg.max_size else None
@@ -224,7 +222,7 @@ def load_for_export(checkpoint) -> tuple[nn.Module, tuple[int, int]]:
     except Exception as e:
         raise ValueError(f"cannot read `checkpoint` {str(path)!r} ({type(e).__name__}); expected {_EXPECTED}") from None
     if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) and "model" in ckpt:
-        model, size = _load_run(path, ckpt)
+        model, size = _load_run(path)
     else:
         sd = ckpt.get("ema", {}).get("module", ckpt.get("model", ckpt)) if isinstance(ckpt, dict) else None
         loader = _official_loader(sd) if isinstance(sd, dict) else None

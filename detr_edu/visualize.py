@@ -367,16 +367,11 @@ def load_detr_checkpoint(path, device='cpu') -> tuple[nn.Module, nn.Module, dict
     """`(model in eval mode, matcher, checkpoint dict)` from a `detr-edu train` checkpoint: the model is rebuilt
     from the stored config (`engine.build_model`) and loaded strictly with the evaluated weights (the moving average's
     when the run kept one, as RT-DETR's recipe does); a ValueError names what does not fit."""
-    from detr_edu.engine import make_config, build_model, TrainConfig, checkpoint_weights
-    from dataclasses import fields
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"load_detr_checkpoint: `path` {str(path)!r} is not a file")
-    try: ck = torch.load(path, map_location='cpu', weights_only=True)
+    from detr_edu.engine import config_from_checkpoint, build_model, checkpoint_weights
+    try: cfg, ck = config_from_checkpoint(path)
+    except (FileNotFoundError, ValueError) as e: raise type(e)(f"load_detr_checkpoint: {e}") from None
     except Exception as e: raise ValueError(f"load_detr_checkpoint: {str(path)!r} is not a readable checkpoint ({e})") from None
-    if not isinstance(ck, dict) or 'model' not in ck or 'config' not in ck:
-        raise ValueError(f"load_detr_checkpoint: {str(path)!r} was not written by detr-edu train (no 'model'/'config')")
-    known = {f.name for f in fields(TrainConfig)}
-    model, criterion, _ = build_model(make_config({k: v for k, v in ck['config'].items() if k in known}))
+    model, criterion, _ = build_model(cfg)
     load_checked(model, checkpoint_weights(ck), 'load_detr_checkpoint',   # the EMA's weights when the run kept one
                  f'the model of its config ({str(path)!r})')
     return model.to(device).eval(), criterion.matcher, ck
