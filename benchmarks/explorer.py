@@ -1,4 +1,4 @@
-"""How fast the explorer responds, on the shapes model (lesson 19's configuration) and on a Deformable DETR and an
+"""How fast the explorer responds, on the shapes model (lesson 20's configuration) and on a Deformable DETR and an
 RT-DETR of the same width, on this CPU.
 
 `python benchmarks/explorer.py [--checkpoint outputs/shapes_run/checkpoint.pth] [--data data/shapes] [--repeats 5]

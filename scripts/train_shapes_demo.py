@@ -1,6 +1,6 @@
 """The README's main job: train a small DETR on the bundled shapes dataset on the CPU, and write to outputs/
 the loss curve, predictions beside the ground truth, decoder cross-attention maps and one image's Hungarian match,
-and lesson 18's figures (viz_*.png: predictions, encoder and decoder attention, the matcher's cost matrices and
+and lesson 19's figures (viz_*.png: predictions, encoder and decoder attention, the matcher's cost matrices and
 assignments, loss curves, and a grid of predictions at the checkpoints kept after 1, 6 and 12 epochs);
 print the COCO AP and AP50 on the validation split.
 

@@ -1,4 +1,4 @@
-"""Course assignments (lesson 20): exercise marks, student/instructor notebooks, the grader, and nbgrader's view of them."""
+"""Course assignments (lesson 21): exercise marks, student/instructor notebooks, the grader, and nbgrader's view of them."""
 import copy, json, os, shutil, subprocess, sys
 from pathlib import Path
 

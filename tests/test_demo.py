@@ -1,4 +1,4 @@
-"""detr_edu.demo (lesson 19, the README's main job) on a tiny run: it writes its own figures and lesson 18's
+"""detr_edu.demo (lesson 20, the README's main job) on a tiny run: it writes its own figures and lesson 19's
 (`viz_*.png`, among them the checkpoint grid of the snapshots it keeps), and stopping for snapshots does not change
 the training (the engine resumes exactly)."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Export (lesson 17): ONNX Runtime and torch.export against eager PyTorch for every family, the post-processed
+"""Export (lesson 18): ONNX Runtime and torch.export against eager PyTorch for every family, the post-processed
 outputs against the PyTorch post-processors, the `detr-edu export` command on run and official checkpoints, bad input.
 Tiny random models; each family is exported once per module (an export takes 5-60 s on two CPU cores)."""
 from __future__ import annotations

@@ -292,7 +292,7 @@ def test_train_init_from_a_detr_edu_checkpoint(tmp_path, capsys):
             k: v for k, v in run.items() if k != 'hidden_dim'})
 
 
-# ---------------------------------------------------------------- lesson 16 registers through an entry point
+# ---------------------------------------------------------------- lesson 17 registers through an entry point
 def test_hub_registers_published_names_and_transformers_detr_through_an_entry_point(monkeypatch):
     declared = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['entry-points']['detr_edu.init_from']
     assert declared == {'hub': 'detr_edu.hub'}
