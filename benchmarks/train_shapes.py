@@ -7,6 +7,7 @@ Deformable DETR, YOLOS, RT-DETR, and the DETR ablation), then a new run with the
     python benchmarks/train_shapes.py --epochs 2           # a shorter run
     python benchmarks/train_shapes.py --from_run outputs/shapes_run   # the table of an existing run folder
     python benchmarks/train_shapes.py --set num_queries=30 lr=1e-3    # change any TrainConfig setting
+    python benchmarks/train_shapes.py --ladder --epochs 8  # lesson 15's ladder: one convergence fix per row
 
 Wall time is training plus the per-epoch evaluation, measured by `fit` (column `elapsed`). On a shared machine the
 wall time is pessimistic: the CPU time of the training process (`train_cpu_time`; the data-loading worker is not
@@ -171,6 +172,79 @@ def ablation_table(rows=RECORDED_DETR_ABLATION) -> str:
 # ---- end of RT-DETR and the DETR ablation ----------------------------------------------------------------------------
 
 
+# ---- The convergence ladder (lesson 15) ------------------------------------------------------------------------------
+# One fix added per row, everything else equal: lesson 20's shapes model (small CNN at stride 8, hidden 128, 4 heads,
+# 1 encoder + 3 decoder layers, 20 queries, 128 px, batch 8, lr 4e-4, seed 42), the same epochs and lr drop. Row 0 is
+# plain DETR. `--ladder` trains every row (two at a time, one thread each, on a 2-core machine) and writes
+# data/results/shapes_ladder.json, which lesson 15 draws.
+LADDER_BASE = dict(backbone='small_cnn_s8', model='fast_detr')
+DENOISING, GROUPS = 40, 3
+LADDER = [
+    ('DETR', dict()),
+    ('+ focal loss', dict(class_loss='focal')),
+    ('+ anchor boxes (DAB)', dict(class_loss='focal', anchors=True)),
+    ('+ denoising (DN, contrastive)', dict(class_loss='focal', anchors=True, num_denoising=DENOISING)),
+    (f'+ {GROUPS} query groups (Group DETR)', dict(class_loss='focal', anchors=True, num_denoising=DENOISING, num_groups=GROUPS)),
+    ('+ query selection, varifocal', dict(class_loss='varifocal', anchors=True, num_denoising=DENOISING, num_groups=GROUPS,
+                                          query_selection=True)),
+]
+
+
+def ladder_settings(row: int, epochs: int, output_dir: str) -> dict:
+    "The full training settings of ladder row `row`."
+    from detr_edu.demo import SHAPES_DEMO_CONFIG
+    from detr_edu.recipes import OPTIONAL_SETTINGS
+    base = {k: v for k, v in SHAPES_DEMO_CONFIG.items() if k not in OPTIONAL_SETTINGS}     # every fix off
+    return {**base, **LADDER_BASE, **LADDER[row][1], 'epochs': epochs, 'lr_drop': max(1, epochs * 3 // 4),
+            'output_dir': output_dir, 'progress': False}
+
+
+def ladder_record(history: list[dict], name: str, options: dict) -> dict:
+    "One row of shapes_ladder.json from a run's metrics.jsonl records."
+    epochs = [{'epoch': r['epoch'], 'elapsed': r['elapsed'], 'train_cpu_time': r.get('train_cpu_time'),
+               'AP50': r['test_AP50'], 'AP': r['test_AP']} for r in history if 'test_AP' in r]
+    walls = [b['elapsed'] - a['elapsed'] for a, b in zip([{'elapsed': 0.0}] + epochs[:-1], epochs)]
+    return {'name': name, 'options': options, 'seconds_per_epoch': sorted(walls)[len(walls) // 2], 'epochs': epochs}
+
+
+def run_ladder(epochs: int, out_root: str, rows: list[int], jobs: int = 2, json_path: str | None = None) -> dict:
+    """Train ladder `rows` (each in its own process, `jobs` at a time with one thread each: the machine's cores split
+    evenly), then write their records to `json_path`."""
+    import subprocess
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+    pending, running, t0 = list(rows), [], time.time()
+    Path(out_root).mkdir(parents=True, exist_ok=True)
+    while pending or running:
+        while pending and len(running) < jobs:
+            row = pending.pop(0)
+            log = open(Path(out_root) / f'row{row}.log', 'w')
+            cmd = [sys.executable, __file__, '--ladder_row', str(row), '--epochs', str(epochs), '--output_dir', f'{out_root}/row{row}']
+            running.append((row, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
+            print(f'# ladder row {row} ({LADDER[row][0]}) started at {time.time() - t0:.0f} s', flush=True)
+        time.sleep(5)
+        for row, proc in list(running):
+            if proc.poll() is not None:
+                running.remove((row, proc))
+                if proc.returncode: raise SystemExit(f'ladder row {row} failed: see {out_root}/row{row}.log')
+    from detr_edu.engine import read_jsonl
+    result = {'machine': f"{platform.machine()}, {os.cpu_count()} CPU(s), {jobs} runs side by side, one thread each",
+              'epochs': epochs, 'settings': ladder_settings(0, epochs, out_root) | {'model': 'fast_detr'},
+              'rows': [ladder_record(read_jsonl(Path(out_root) / f'row{r}' / 'metrics.jsonl'), *LADDER[r]) for r in rows]}
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1) + '\n')
+        print(f'# wrote {json_path}')
+    return result
+
+
+def ladder_table(result: dict) -> str:
+    out = ['| step | s / epoch | AP50 by epoch | final AP50 | final AP |', '|---|---:|---|---:|---:|']
+    for r in result['rows']:
+        curve = ' '.join(f"{e['AP50']:.2f}" for e in r['epochs'])
+        out.append(f"| {r['name']} | {r['seconds_per_epoch']:.0f} | {curve} | {r['epochs'][-1]['AP50']:.3f} | {r['epochs'][-1]['AP']:.3f} |")
+    return '\n'.join(out)
+# ---- end of the ladder -----------------------------------------------------------------------------------------------
+
+
 def recorded_table(recorded=RECORDED) -> str:
     rows = ['| epoch | wall (s) | CPU (s) | it/s (CPU) | train loss | val loss | AP50 | AP |', '|---:|---:|---:|---:|---:|---:|---:|---:|']
     for e, wall, cpu, tl, vl, ap50, ap in recorded:
@@ -202,7 +276,19 @@ def main(argv=None):
     p.add_argument('--output_dir', default='outputs/benchmark_shapes', help='run folder (default: outputs/benchmark_shapes)')
     p.add_argument('--epochs', type=int, default=None, help='epochs (default: the demo setting)')
     p.add_argument('--set', nargs='*', default=[], metavar='NAME=VALUE', help='override TrainConfig settings')
+    p.add_argument('--ladder', action='store_true', help="train lesson 15's ladder (one fix per row) and write data/results/shapes_ladder.json")
+    p.add_argument('--rows', type=int, nargs='*', default=None, help='--ladder: only these rows (default: all)')
+    p.add_argument('--jobs', type=int, default=2, help='--ladder: rows trained side by side, one thread each (default 2)')
+    p.add_argument('--json', default=str(ROOT / 'data/results/shapes_ladder.json'), help='--ladder: where to write the records')
+    p.add_argument('--ladder_row', type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.ladder_row is not None:                      # one row, in its own process (started by --ladder)
+        from detr_edu.engine import train
+        train(**ladder_settings(args.ladder_row, args.epochs, args.output_dir)); return
+    if args.ladder:
+        rows = args.rows if args.rows is not None else list(range(len(LADDER)))
+        result = run_ladder(args.epochs or 8, args.output_dir, rows, args.jobs, args.json)
+        print(ladder_table(result)); return
     print('# recorded: the demo model, 2-core machine (shared until epoch 7); goal AP50 >= 0.8 within 15 minutes: NOT reached '
           '(~30 s per epoch on free cores -> 24 epochs in the budget; AP50 grows ~0.01 per epoch)')
     print(recorded_table())

@@ -681,7 +681,7 @@ def build_deformable_detr_training(cfg: TrainConfig) -> tuple[nn.Module, nn.Modu
     (`build_deformable_criterion`: classification cost and weight 2, as the official recipe; box costs and weights from
     `cfg`) and `DeformablePostProcess`. `hidden_dim` must be a multiple of 32. The recipe (`MODEL_DEFAULTS`) is the
     official one: lr 2e-4 (backbone 2e-5), feed-forward 1024, 300 queries, 50 epochs with the drop after 40."""
-    if cfg.backbone == 'small_cnn': raise ValueError("config `backbone`='small_cnn' has one feature level; deformable_detr needs a ResNet")
+    if cfg.backbone.startswith('small_cnn'): raise ValueError(f"config `backbone`={cfg.backbone!r} has one feature level; deformable_detr needs a ResNet")
     model = build_deformable_detr(cfg.num_classes, backbone=cfg.backbone, hidden_dim=cfg.hidden_dim, nheads=cfg.nheads,
                                   enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers, dim_feedforward=cfg.dim_feedforward,
                                   dropout=cfg.dropout, num_queries=cfg.num_queries, aux_loss=cfg.aux_loss,

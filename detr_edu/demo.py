@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .visualize import class_color, draw_boxes, pixel_boxes, to_display, write_figures
+from .visualize import class_color, class_scores, draw_boxes, pixel_boxes, to_display, uses_sigmoid_classes, write_figures
 
 # %% auto #0
 __all__ = ['SHAPES_DEMO_CONFIG', 'plot_predictions', 'plot_cross_attention', 'plot_matching', 'ensure_shapes_data',
@@ -31,8 +31,7 @@ def plot_predictions(model: nn.Module, dataset, indices: Sequence[int], threshol
     for j, i in enumerate(indices):
         img, tgt = dataset[i]
         out = model([img.to(device)])
-        prob = out['pred_logits'][0].softmax(-1)[:, :-1]
-        scores, labels = prob.max(-1)
+        scores, labels = class_scores(out['pred_logits'][0], uses_sigmoid_classes(model))
         keep = scores > threshold
         size = img.shape[-2:]
         for ax, boxes, labs, sc, title in ((axes[0, j], pixel_boxes(tgt['boxes'], size), tgt['labels'], None, 'ground truth'),
@@ -55,8 +54,7 @@ def plot_cross_attention(model: nn.Module, image: Tensor, num_queries: int = 4, 
     out = model([image.to(device)], return_attention=True)
     att = out['attentions']; fh, fw = att['feature_size']
     cross = att['dec_cross'][layer][0].mean(0)                    # (Q, HW), averaged over heads
-    prob = out['pred_logits'][0].softmax(-1)[:, :-1]
-    scores, labels = prob.max(-1)
+    scores, labels = class_scores(out['pred_logits'][0], uses_sigmoid_classes(model))
     top = scores.argsort(descending=True)[:num_queries].tolist()
     H, W = image.shape[-2:]
     stride = 2 ** round(math.log2(H / fh))                      # the backbone's output stride (16 or 32)
@@ -104,9 +102,10 @@ def plot_matching(model: nn.Module, matcher, image: Tensor, target: Mapping, cla
 
 # %% ../nbs/20_shapes_demo.ipynb #7304ef08
 SHAPES_DEMO_CONFIG = dict(
-    data_path='data/shapes', model='detr', backbone='small_cnn', max_size=128, crop_prob=0.0,
+    data_path='data/shapes', model='fast_detr', backbone='small_cnn_s8', max_size=128, crop_prob=0.0,
     hidden_dim=128, nheads=4, enc_layers=1, dec_layers=3, dim_feedforward=256, num_queries=20, dropout=0.0,
-    lr=4e-4, lr_backbone=4e-4, weight_decay=1e-4, batch_size=8, num_workers=1, epochs=24, lr_drop=20, clip_max_norm=0.1,
+    class_loss='varifocal', anchors=True, num_denoising=40, num_groups=3, query_selection=True,   # lesson 15's fixes
+    lr=4e-4, lr_backbone=4e-4, weight_decay=1e-4, batch_size=8, num_workers=1, epochs=12, lr_drop=10, clip_max_norm=0.1,
     output_dir='outputs/shapes_run', device='cpu', seed=42, progress=False)
 
 def ensure_shapes_data(data_path: str | os.PathLike = 'data/shapes', n_train: int = 1000, n_val: int = 150, seed: int = 0):

@@ -23,10 +23,11 @@ from .detr import check_state_dict
 from .training import *                 # lesson 09: fit, evaluate, checkpoints, EMA, distributed helpers
 from .training import _check_number
 from .recipes import *                  # lesson 10: TrainConfig, the registry, DETR's recipe
-# every family registers its recipe when imported (lessons 12-14); this is the one module that imports them all
+# every family registers its recipe when imported (lessons 12-15); this is the one module that imports them all
 from .deformable_detr import build_deformable_detr_training
 from .rtdetr import build_rtdetr_training, rtdetr_transforms, rtdetr_multi_scale
 from .yolos import build_yolos_training
+from .convergence import build_fast_detr_training    # lesson 15: DETR with the convergence fixes
 
 # %% auto #0
 __all__ = ['INIT_AND_RESUME', 'default_transform', 'draw_detections', 'predict', 'load_init_checkpoint', 'init_model_from',

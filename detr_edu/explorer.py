@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .data import CocoDetection, make_coco_transforms
 from .engine import make_config, build_model, resolve_coco_split
+from .convergence import SHIPPED_MODELS, shipped_model_path
 from .visualize import (inspect_model, detections, class_scores, query_attention_map, encoder_attention_map,
                                 encoder_attention_grid, encoder_layers, pixel_to_cell, plot_cost_matrices,
                                 plot_matched_pairs, to_display, draw_boxes, pixel_boxes, _overlay, match,
@@ -447,12 +448,15 @@ def _load_dataset(data, max_size: int, max_images: int):
 
 def explore_sources(checkpoint=None, data=None, base=None) -> tuple[list[Path], Path, int]:
     """What `detr-edu explore` shows: `(checkpoint files, oldest first; the COCO folder whose val split is shown; the
-    image size)`. `checkpoint` is a file or a run folder; `data` defaults to the checkpoint's `data_path`, else
+    image size)`. `checkpoint` is a file or a run folder, by default the course's trained demo model (lesson 15's
+    `shipped_model_path()`, with the course's `data/shapes`); `data` defaults to the checkpoint's `data_path`, else
     `data/shapes`. Relative paths, given or stored in the checkpoint, are taken from `base` (default: the folder the
     command was started in), not from wherever the page's kernel runs. Raises FileNotFoundError naming the path when
     the checkpoint or the data folder is not there."""
     base = Path.cwd() if base is None else Path(base)
     paths, max_size = [], 128
+    if checkpoint is None and (SHIPPED_MODELS / 'shapes_demo.pth').is_file():
+        checkpoint, data = SHIPPED_MODELS / 'shapes_demo.pth', data or SHIPPED_MODELS.parent / 'shapes'
     if checkpoint is not None:
         p = Path(checkpoint) if Path(checkpoint).is_absolute() else base / checkpoint
         if not p.exists(): raise FileNotFoundError(f"explore: `checkpoint` {str(p)!r} is neither a file nor a run folder")
@@ -469,11 +473,13 @@ def explore_sources(checkpoint=None, data=None, base=None) -> tuple[list[Path], 
 def explorer_from_args(checkpoint=None, data=None, max_images: int = 20, base=None) -> Explorer:
     """The `Explorer` of `detr-edu explore`: models from `checkpoint` (a file or a run folder), images (and ground
     truth) from the val split of the COCO folder `data` (see `explore_sources`, which resolves both from `base`).
-    Without a checkpoint: a small random-init DETR, said so on the page. Problems become the page's message."""
+    Without a checkpoint: the shipped demo model, or (where the course's data/models is missing) a small random-init
+    DETR; the page says which. Problems become the page's message."""
     paths, note, max_size, images, targets, names = [], '', 128, [], None, None
     try:
         paths, data, max_size = explore_sources(checkpoint, data, base)
         images, targets, names = _load_dataset(data, max_size, max_images)
+        if checkpoint is None and paths: note = "<i>no checkpoint given: the course's trained demo model (data/models/shapes_demo.pth)</i>"
     except Exception as e:
         note = f'<span style="color:#b00">&#9888; {e}</span>'
     if not paths:

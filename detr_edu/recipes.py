@@ -25,11 +25,12 @@ from .data import CocoDetection, make_coco_transforms, build_dataloader
 from .training import AMP_MODES
 
 # %% auto #0
-__all__ = ['MODELS', 'MODEL_DEFAULTS', 'MODEL_TRANSFORMS', 'ARCHITECTURE_SETTINGS', 'INIT_SOURCES', 'INIT_READERS',
-           'register_model', 'TrainConfig', 'make_config', 'resolve_coco_split', 'num_classes_from_annotations',
-           'class_names_from_annotations', 'build_transforms', 'build_dataset', 'build_loader', 'detr_weight_dict',
-           'use_trainable_batchnorm', 'SmallConvBackbone', 'build_set_criterion', 'build_detr_training', 'build_model',
-           'register_init_source', 'register_init_reader', 'read_official_detr', 'keys_depending_on']
+__all__ = ['MODELS', 'MODEL_DEFAULTS', 'MODEL_TRANSFORMS', 'MODEL_OPTIONS', 'OPTIONAL_SETTINGS', 'SMALL_CNN_CHANNELS',
+           'ARCHITECTURE_SETTINGS', 'INIT_SOURCES', 'INIT_READERS', 'register_model', 'TrainConfig', 'make_config',
+           'resolve_coco_split', 'num_classes_from_annotations', 'class_names_from_annotations', 'build_transforms',
+           'build_dataset', 'build_loader', 'detr_weight_dict', 'use_trainable_batchnorm', 'SmallConvBackbone',
+           'build_set_criterion', 'build_detr_model', 'build_detr_training', 'build_model', 'register_init_source',
+           'register_init_reader', 'read_official_detr', 'keys_depending_on']
 
 # %% ../nbs/10_recipes.ipynb #0bf091a2
 def _opt(default, help: str, type=None, choices=None, nargs=None):
@@ -38,15 +39,20 @@ def _opt(default, help: str, type=None, choices=None, nargs=None):
 MODELS: dict[str, Callable] = {}
 MODEL_DEFAULTS: dict[str, dict] = {}      # a family's own recipe: settings that differ from DETR's
 MODEL_TRANSFORMS: dict[str, Callable] = {}
+MODEL_OPTIONS: dict[str, tuple[str, ...]] = {}   # the OPTIONAL_SETTINGS each family understands
+OPTIONAL_SETTINGS = ('class_loss', 'anchors', 'num_denoising', 'num_groups', 'query_selection')   # lesson 15's fixes
 
-def register_model(name: str, transforms: Callable | None = None, **defaults):
+def register_model(name: str, transforms: Callable | None = None, options: Sequence[str] = (), **defaults):
     """Decorator: add `builder(cfg) -> (model, criterion, postprocessors)` to `MODELS` under `name`, a `--model` choice.
     `defaults`: the family's recipe, used by `make_config` for the settings a user does not give; `transforms(cfg, split)`:
-    its data transforms when they are not lesson 08's."""
+    its data transforms when they are not lesson 08's; `options`: the `OPTIONAL_SETTINGS` the builder reads (any other
+    one left away from its default is an error, not silently ignored)."""
     unknown = sorted(set(defaults) - {f.name for f in fields(TrainConfig)})
     if unknown: raise ValueError(f"register_model({name!r}): `defaults` {unknown} are not TrainConfig settings")
+    if set(options) - set(OPTIONAL_SETTINGS):
+        raise ValueError(f"register_model({name!r}): `options` must be among {OPTIONAL_SETTINGS}, got {list(options)}")
     def deco(builder: Callable) -> Callable:
-        MODELS[name], MODEL_DEFAULTS[name] = builder, defaults
+        MODELS[name], MODEL_DEFAULTS[name], MODEL_OPTIONS[name] = builder, defaults, tuple(options)
         if transforms is not None: MODEL_TRANSFORMS[name] = transforms
         return builder
     return deco
@@ -65,8 +71,8 @@ class TrainConfig:
     crop_prob: float = _opt(0.5, 'probability of the random-crop branch of the training augmentation', float)
     # model
     model: str = _opt('detr', 'detector family (builders registered in MODELS)', str, MODELS)
-    backbone: str = _opt('resnet50', 'CNN backbone (small_cnn: a tiny stride-16 CNN for training from scratch)', str,
-                         ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'small_cnn'))
+    backbone: str = _opt('resnet50', 'CNN backbone (small_cnn: a tiny stride-16 CNN for training from scratch; small_cnn_s8: '
+                         'its first three stages, stride 8)', str, ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'small_cnn', 'small_cnn_s8'))
     pretrained_backbone: bool = _opt(False, 'start the backbone from torchvision ImageNet weights (downloads them once)', bool)
     backbone_batchnorm: bool = _opt(False, 'trainable BatchNorm2d instead of FrozenBatchNorm2d in the backbone, every layer trained (training from scratch)', bool)
     hidden_dim: int = _opt(256, 'transformer width d_model', int)
@@ -77,6 +83,13 @@ class TrainConfig:
     dropout: float = _opt(0.1, 'dropout in the transformer', float)
     num_queries: int = _opt(100, 'object queries = detections per image', int)
     patch_size: int = _opt(16, 'YOLOS: side of the square image patches that become tokens', int)
+    # what makes DETR converge faster (lesson 15); all off = DETR
+    class_loss: str = _opt('softmax', "classification loss: 'softmax' cross-entropy with a no-object class (DETR), sigmoid "
+                           "'focal' loss (Deformable DETR) or IoU-aware 'varifocal' (RT-DETR)", str, ('softmax', 'focal', 'varifocal'))
+    anchors: bool = _opt(False, 'queries are learnable anchor boxes (cx, cy, w, h), refined layer by layer (DAB-DETR)', bool)
+    num_denoising: int = _opt(0, 'denoising queries in training: noised copies of the ground truth (DN-DETR, DINO; RT-DETR uses 100)', int)
+    num_groups: int = _opt(1, 'groups of queries in training, each matched one-to-one (Group DETR); one group at inference', int)
+    query_selection: bool = _opt(False, "anchors from the encoder's top-scoring tokens, content learned (DINO's mixed query selection)", bool)
     aux_loss: bool = _opt(True, 'add the loss of every decoder layer (auxiliary decoding losses)', bool)
     # matcher and loss
     set_cost_class: float = _opt(1.0, 'class weight in the matching cost', float)
@@ -110,8 +123,8 @@ class TrainConfig:
 
 _POSITIVE = {'batch_size', 'hidden_dim', 'nheads', 'enc_layers', 'dec_layers', 'dim_feedforward', 'num_queries',
              'epochs', 'lr_drop', 'eval_every', 'max_iters', 'num_classes', 'max_size', 'lr', 'ema_warmups', 'patch_size',
-             'accum_steps'}
-_NON_NEGATIVE = {'crop_prob', 'num_workers', 'lr_backbone', 'weight_decay', 'clip_max_norm', 'eos_coef', 'dropout',
+             'accum_steps', 'num_groups'}
+_NON_NEGATIVE = {'num_denoising', 'crop_prob', 'num_workers', 'lr_backbone', 'weight_decay', 'clip_max_norm', 'eos_coef', 'dropout',
                  'set_cost_class', 'set_cost_bbox', 'set_cost_giou', 'bbox_loss_coef', 'giou_loss_coef'}
 
 def make_config(config: TrainConfig | Mapping | None = None, **overrides) -> TrainConfig:
@@ -141,6 +154,11 @@ def make_config(config: TrainConfig | Mapping | None = None, **overrides) -> Tra
         if name == 'crop_prob' and value > 1: raise ValueError(f"config `crop_prob` must be in [0, 1], got {value!r}")
         if name == 'ema_decay' and not 0 <= value < 1: raise ValueError(f"config `ema_decay` must be in [0, 1), got {value!r}")
         if typ is float and not math.isfinite(value): raise ValueError(f"config `{name}` must be finite, got {value!r}")
+    model = base.get('model', 'detr')
+    for name in OPTIONAL_SETTINGS:
+        if name in base and base[name] != known[name].default and name not in MODEL_OPTIONS.get(model, ()):
+            users = sorted(m for m, opts in MODEL_OPTIONS.items() if name in opts)
+            raise ValueError(f"config `{name}`={base[name]!r}: model {model!r} does not use it (models that do: {users})")
     if base.get('hidden_dim', 256) % base.get('nheads', 8):
         raise ValueError(f"config `hidden_dim` ({base['hidden_dim']}) must be divisible by `nheads` ({base['nheads']})")
     return TrainConfig(**base)
@@ -233,22 +251,21 @@ class SmallConvBackbone(nn.Module):
         x = self.body(tensor_list.tensors)
         return {'0': NestedTensor(x, downsample_mask(tensor_list.mask, x.shape[-2:]))}
 
+SMALL_CNN_CHANNELS = {'small_cnn': (32, 64, 128, 256), 'small_cnn_s8': (32, 64, 128)}   # stride 16 and stride 8
+
 # %% ../nbs/10_recipes.ipynb #6fbb9092
 def build_set_criterion(cfg: TrainConfig, weight_dict: Mapping[str, float]) -> nn.Module:
     "Lesson 07's softmax `SetCriterion` with lesson 06's `HungarianMatcher`, costs and `eos_coef` from `cfg`."
     matcher = HungarianMatcher(cost_class=cfg.set_cost_class, cost_bbox=cfg.set_cost_bbox, cost_giou=cfg.set_cost_giou)
     return SetCriterion(cfg.num_classes, matcher, weight_dict, cfg.eos_coef, losses=('labels', 'boxes', 'cardinality'))
 
-@register_model('detr')
-def build_detr_training(cfg: TrainConfig) -> tuple[nn.Module, nn.Module, dict]:
-    """DETR as the official `build(args)`: `build_detr` (or a DETR on `SmallConvBackbone` for `backbone='small_cnn'`),
-    a `HungarianMatcher(set_cost_class, set_cost_bbox, set_cost_giou)`, a `SetCriterion` with `detr_weight_dict` and
-    losses labels/boxes/cardinality, and `{'bbox': PostProcess()}`."""
-    if cfg.backbone == 'small_cnn':
+def build_detr_model(cfg: TrainConfig) -> DETR:
+    "The DETR of `cfg`: `build_detr`, or a DETR on `SmallConvBackbone` for `backbone='small_cnn'` (`'small_cnn_s8'`: stride 8)."
+    if cfg.backbone in SMALL_CNN_CHANNELS:
         tr = Transformer(d_model=cfg.hidden_dim, nhead=cfg.nheads, num_encoder_layers=cfg.enc_layers,
                          num_decoder_layers=cfg.dec_layers, dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout,
                          return_intermediate_dec=True)
-        model = DETR(Joiner(SmallConvBackbone(), build_position_encoding(cfg.hidden_dim)), tr, cfg.num_classes,
+        model = DETR(Joiner(SmallConvBackbone(SMALL_CNN_CHANNELS[cfg.backbone]), build_position_encoding(cfg.hidden_dim)), tr, cfg.num_classes,
                      cfg.num_queries, aux_loss=cfg.aux_loss)
     else:
         model = build_detr(cfg.num_classes, backbone=cfg.backbone, hidden_dim=cfg.hidden_dim, nheads=cfg.nheads,
@@ -256,6 +273,14 @@ def build_detr_training(cfg: TrainConfig) -> tuple[nn.Module, nn.Module, dict]:
                            num_queries=cfg.num_queries, aux_loss=cfg.aux_loss, dropout=cfg.dropout,
                            pretrained_backbone=cfg.pretrained_backbone, lr_backbone=cfg.lr_backbone)
         if cfg.backbone_batchnorm: use_trainable_batchnorm(model.backbone)
+    return model
+
+@register_model('detr')
+def build_detr_training(cfg: TrainConfig) -> tuple[nn.Module, nn.Module, dict]:
+    """DETR as the official `build(args)`: `build_detr_model(cfg)`, a `HungarianMatcher(set_cost_class, set_cost_bbox,
+    set_cost_giou)`, a `SetCriterion` with `detr_weight_dict` and losses labels/boxes/cardinality, and
+    `{'bbox': PostProcess()}`."""
+    model = build_detr_model(cfg)
     weight_dict = detr_weight_dict(1.0, cfg.bbox_loss_coef, cfg.giou_loss_coef, cfg.dec_layers, cfg.aux_loss)
     return model, build_set_criterion(cfg, weight_dict), {'bbox': PostProcess()}
 
@@ -267,7 +292,7 @@ def build_model(cfg: TrainConfig) -> tuple[nn.Module, nn.Module, dict]:
 
 # %% ../nbs/10_recipes.ipynb #bbc75a08
 ARCHITECTURE_SETTINGS = ('model', 'backbone', 'backbone_batchnorm', 'hidden_dim', 'nheads', 'enc_layers', 'dec_layers',
-                         'dim_feedforward', 'num_queries', 'patch_size')
+                         'dim_feedforward', 'num_queries', 'patch_size', *OPTIONAL_SETTINGS)
 INIT_SOURCES: dict[str, Callable[[], str]] = {}   # published name -> its local checkpoint path (downloaded if needed)
 INIT_READERS: dict[str, Callable] = {}            # checkpoint format -> reader
 

@@ -974,17 +974,17 @@ def rtdetr_multi_scale(size: int) -> list[int]:
     "The official multi-scale training sizes 480, 512, ..., 800 for 640-pixel images, scaled to `size` (multiples of 32)."
     return sorted({max(32, round(s * size / 640 / 32) * 32) for s in range(480, 801, 32)})
 
-@register_model('rtdetr', transforms=rtdetr_transforms, backbone='resnet50', enc_layers=1, dim_feedforward=1024,
+@register_model('rtdetr', transforms=rtdetr_transforms, options=('num_denoising',), num_denoising=100, backbone='resnet50', enc_layers=1, dim_feedforward=1024,
                 dropout=0.0, num_queries=300, set_cost_class=2.0, max_size=640, crop_prob=0.8, epochs=72, lr_drop=1000,
                 ema_decay=0.9999, output_dir='runs/rtdetr')
 def build_rtdetr_training(cfg: TrainConfig) -> tuple[nn.Module, nn.Module, dict]:
     """RT-DETR (lesson 13) as the official rtdetr_r{N}vd configurations: `backbone` resnetN -> PResNet-N-vd (BatchNorm
     frozen for 50/101 unless `backbone_batchnorm`), `hidden_dim`, `nheads`, `dim_feedforward` for encoder and decoder,
-    `enc_layers` AIFI layers, `dec_layers` decoder layers (R18: 3, R34: 4, R50/R101: 6), `num_queries`, multi-scale
+    `enc_layers` AIFI layers, `num_denoising` denoising queries (100 in the recipe), `dec_layers` decoder layers (R18: 3, R34: 4, R50/R101: 6), `num_queries`, multi-scale
     training at `rtdetr_multi_scale(max_size)` (or `scales`); `build_rtdetr_criterion` with `cfg`'s costs and weights;
     `RTDETRPostProcessor` keeping the best `max(100, num_queries)` query-class pairs. The recipe (`MODEL_DEFAULTS`)
     adds EMA 0.9999, 300 queries, 640-pixel inputs, cost_class 2; RT-DETR has no dropout and no ImageNet start here."""
-    if cfg.backbone == 'small_cnn': raise ValueError("config `backbone`='small_cnn' has one feature level; rtdetr needs a ResNet")
+    if cfg.backbone.startswith('small_cnn'): raise ValueError(f"config `backbone`={cfg.backbone!r} has one feature level; rtdetr needs a ResNet")
     if cfg.pretrained_backbone:
         raise ValueError("config `pretrained_backbone`: PResNet-vd has no torchvision ImageNet weights; start from an "
                          "official RT-DETR checkpoint with `rtdetr_from_official` instead")
@@ -996,10 +996,11 @@ def build_rtdetr_training(cfg: TrainConfig) -> tuple[nn.Module, nn.Module, dict]
     preset.update(encoder_hidden_dim=cfg.hidden_dim, hidden_dim=cfg.hidden_dim, encoder_nhead=cfg.nheads, nhead=cfg.nheads,
                   encoder_dim_feedforward=cfg.dim_feedforward, dim_feedforward=cfg.dim_feedforward,
                   num_encoder_layers=cfg.enc_layers, num_decoder_layers=cfg.dec_layers, num_queries=cfg.num_queries,
-                  aux_loss=cfg.aux_loss, multi_scale=scales)
+                  aux_loss=cfg.aux_loss, multi_scale=scales, num_denoising=cfg.num_denoising)
     model = build_rtdetr(cfg.num_classes, **preset)
     criterion = build_rtdetr_criterion(cfg.num_classes, cfg.dec_layers, cfg.set_cost_class, cfg.set_cost_bbox,
-                                       cfg.set_cost_giou, cfg.bbox_loss_coef, cfg.giou_loss_coef)
+                                       cfg.set_cost_giou, cfg.bbox_loss_coef, cfg.giou_loss_coef,
+                                       denoising=cfg.num_denoising > 0)
     return model, criterion, {'bbox': RTDETRPostProcessor(cfg.num_classes, max(100, cfg.num_queries))}
 
 # %% ../nbs/13_rtdetr.ipynb #bf0f62e0

@@ -24,10 +24,10 @@ from .detr import check_state_dict
 __all__ = ['AMP_MODES', 'COCO_STAT_NAMES', 'is_dist_avail_and_initialized', 'get_world_size', 'get_rank', 'is_main_process',
            'init_distributed_mode', 'reduce_dict', 'all_gather_object', 'SmoothedValue', 'MetricLogger', 'unwrap_model',
            'build_optimizer', 'build_lr_scheduler', 'get_rng_state', 'set_rng_state', 'atomic_save', 'to_plain',
-           'checkpoint_weights', 'save_checkpoint', 'load_checkpoint', 'autocast', 'make_grad_scaler',
-           'outputs_to_float', 'forward_takes_targets', 'train_one_epoch', 'ModelEMA', 'detections_to_coco',
-           'coco_evaluate', 'coco_stats', 'get_coco_api_from_dataset', 'evaluate', 'append_jsonl', 'read_jsonl',
-           'plot_history', 'find_generators', 'fit', 'atomic_write_text']
+           'checkpoint_weights', 'save_checkpoint', 'load_checkpoint', 'save_compact_checkpoint', 'autocast',
+           'make_grad_scaler', 'outputs_to_float', 'forward_takes_targets', 'train_one_epoch', 'ModelEMA',
+           'detections_to_coco', 'coco_evaluate', 'coco_stats', 'get_coco_api_from_dataset', 'evaluate', 'append_jsonl',
+           'read_jsonl', 'plot_history', 'find_generators', 'fit', 'atomic_write_text']
 
 # %% ../nbs/09_training.ipynb #f18b4acf
 def is_dist_avail_and_initialized() -> bool:
@@ -315,6 +315,24 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, opt
             warnings.warn(f"load_checkpoint: the checkpoint was written by {len(states)} process(es), this run has "
                           f"{get_world_size()}; random states are not restored, so the resumed run is not bit-exact")
     return ckpt
+
+# %% ../nbs/09_training.ipynb #db35cde5
+def save_compact_checkpoint(checkpoint, path: str | os.PathLike, **extra) -> dict:
+    """Write a small, shippable copy of a run checkpoint (its path or loaded dict) to `path`, atomically: `model` = the
+    evaluated weights (`checkpoint_weights`: the EMA's when the run kept one) with floating-point tensors in float16,
+    the run's `config` and `epoch`, and `extra` plain values (e.g. the measured stats). No optimizer, EMA or RNG
+    state: it evaluates, predicts and starts fine-tuning runs, but does not resume. Returns the written dict."""
+    if isinstance(checkpoint, (str, os.PathLike)):
+        if not Path(checkpoint).is_file(): raise FileNotFoundError(f"save_compact_checkpoint: `checkpoint` {str(checkpoint)!r} is not a file")
+        checkpoint = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get('model'), Mapping):
+        raise ValueError("save_compact_checkpoint: `checkpoint` must be a run checkpoint with a 'model' state dict")
+    weights = checkpoint_weights(checkpoint)
+    compact = {'model': {k: v.half() if v.is_floating_point() else v for k, v in weights.items()},
+               'config': checkpoint.get('config', {}), 'epoch': checkpoint.get('epoch'),
+               **{k: to_plain(v, k) for k, v in extra.items()}}
+    atomic_save(compact, path)
+    return compact
 
 # %% ../nbs/09_training.ipynb #68132130
 AMP_MODES = ('off', 'bf16', 'fp16')

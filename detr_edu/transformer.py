@@ -29,12 +29,14 @@ def merge_heads(x: Tensor) -> Tensor:
 
 # %% ../nbs/04_transformer.ipynb #75e24080
 def scaled_dot_product(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None,
-                       dropout_p: float = 0.0) -> tuple[Tensor, Tensor]:
+                       dropout_p: float = 0.0, attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Attention by hand. `q` `(B, h, L, d_h)`, `k` and `v` `(B, h, S, d_h)`, `key_padding_mask` `(B, S)` bool
-    (True = ignore this key). Returns `(out (B, h, L, d_h), weights (B, h, L, S))`; each row of `weights` sums to 1."""
+    (True = ignore this key), `attn_mask` `(L, S)` bool (True = query i may not look at key j). Returns `(out (B, h, L, d_h), weights (B, h, L, S))`; each row of `weights` sums to 1."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])            # (B, h, L, S)
     if key_padding_mask is not None:
         scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(attn_mask, float("-inf"))
     weights = scores.softmax(dim=-1)
     if dropout_p > 0: weights = F.dropout(weights, p=dropout_p)
     return weights @ v, weights
@@ -59,7 +61,7 @@ class MultiheadAttention(nn.Module):
     `in_proj_bias` `(3d,)`, `out_proj.weight`, `out_proj.bias`), so official DETR checkpoints load as they are.
 
     forward(query `(L, B, d)`, key `(S, B, d)`, value `(S, B, d)`, key_padding_mask `(B, S)` bool, True = padding,
-    need_weights=False) -> `(out (L, B, d), weights)` where `weights` is `(B, nhead, L, S)` if `need_weights` else None.
+    need_weights=False, attn_mask `(L, S)` bool, True = may not attend) -> `(out (L, B, d), weights)` where `weights` is `(B, nhead, L, S)` if `need_weights` else None.
     `dropout` acts on the attention weights in training mode.
     """
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
@@ -84,15 +86,16 @@ class MultiheadAttention(nn.Module):
         return split_heads(q, h), split_heads(k, h), split_heads(v, h)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
-                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+                need_weights: bool = False, attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         if query.ndim != 3 or query.shape[-1] != self.embed_dim:
             raise ValueError(f"MultiheadAttention: `query` must be (L, B, {self.embed_dim}), got {tuple(query.shape)}")
         q, k, v = self._project(query, key, value)
         p = self.dropout if self.training else 0.0
         if need_weights:
-            out, weights = scaled_dot_product(q, k, v, key_padding_mask, dropout_p=p)
-        else:
+            out, weights = scaled_dot_product(q, k, v, key_padding_mask, dropout_p=p, attn_mask=attn_mask)
+        else:                                        # the fused kernel takes True = may attend
             mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+            if attn_mask is not None: mask = ~attn_mask if mask is None else mask & ~attn_mask
             out, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p), None
         return self.out_proj(merge_heads(out)), weights
 
@@ -147,7 +150,9 @@ class TransformerEncoderLayer(nn.Module):
 class TransformerDecoderLayer(nn.Module):
     """One DETR decoder layer. `tgt` `(Q, B, d)`, `memory` `(HW, B, d)`, `pos` `(HW, B, d)` (added to the
     cross-attention keys), `query_pos` `(Q, B, d)` (added to self-attention Q/K and cross-attention Q),
-    `memory_key_padding_mask` `(B, HW)`. Returns `(Q, B, d)`, or `(out, self_weights (B, h, Q, Q),
+    `memory_key_padding_mask` `(B, HW)`, `tgt_mask` `(Q, Q)` bool (True = query i may not look at query j in
+    self-attention; DETR needs none, the denoising and group queries of lesson 15 do), `cross_query_pos` `(Q, B, d)`
+    (the positional query of cross-attention when it differs from `query_pos`, as in lesson 15). Returns `(Q, B, d)`, or `(out, self_weights (B, h, Q, Q),
     cross_weights (B, h, Q, HW))` with `return_attention=True`."""
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
                  activation: str = "relu", normalize_before: bool = False):
@@ -164,17 +169,20 @@ class TransformerDecoderLayer(nn.Module):
 
     def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Tensor | None = None, memory_mask: Tensor | None = None,
                 tgt_key_padding_mask: Tensor | None = None, memory_key_padding_mask: Tensor | None = None,
-                pos: Tensor | None = None, query_pos: Tensor | None = None, return_attention: bool = False):
-        if tgt_mask is not None or memory_mask is not None:
-            raise NotImplementedError("TransformerDecoderLayer: attention masks (`tgt_mask`, `memory_mask`) are not used by DETR")
+                pos: Tensor | None = None, query_pos: Tensor | None = None, return_attention: bool = False,
+                cross_query_pos: Tensor | None = None):
+        if memory_mask is not None:
+            raise NotImplementedError("TransformerDecoderLayer: `memory_mask` (a cross-attention mask) is not used by DETR")
         pre = self.normalize_before
         x = self.norm1(tgt) if pre else tgt                                   # 1. self-attention
         q = k = with_pos_embed(x, query_pos)
-        tgt2, w_self = self.self_attn(q, k, x, key_padding_mask=tgt_key_padding_mask, need_weights=return_attention)
+        tgt2, w_self = self.self_attn(q, k, x, key_padding_mask=tgt_key_padding_mask, need_weights=return_attention,
+                                   attn_mask=tgt_mask)
         tgt = tgt + self.dropout1(tgt2)
         if not pre: tgt = self.norm1(tgt)
         x = self.norm2(tgt) if pre else tgt                                   # 2. cross-attention
-        tgt2, w_cross = self.multihead_attn(with_pos_embed(x, query_pos), with_pos_embed(memory, pos), memory,
+        tgt2, w_cross = self.multihead_attn(with_pos_embed(x, query_pos if cross_query_pos is None else cross_query_pos),
+                                            with_pos_embed(memory, pos), memory,
                                             key_padding_mask=memory_key_padding_mask, need_weights=return_attention)
         tgt = tgt + self.dropout2(tgt2)
         if not pre: tgt = self.norm2(tgt)

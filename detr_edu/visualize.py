@@ -20,14 +20,14 @@ from .detr import load_checked
 
 # %% auto #0
 __all__ = ['COLORS', 'class_color', 'to_display', 'pixel_boxes', 'draw_boxes', 'model_kind', 'feature_stride', 'inspect_model',
-           'class_scores', 'detections', 'plot_predictions', 'pixel_to_cell', 'encoder_attention_grid',
-           'encoder_layers', 'encoder_attention_map', 'query_attention_map', 'plot_encoder_attention', 'top_queries',
-           'plot_query_attention', 'match', 'plot_cost_matrices', 'plot_matched_pairs', 'assignments_across_layers',
-           'plot_assignments_across_layers', 'run_checkpoints', 'load_detr_checkpoint', 'plot_checkpoint_grid',
-           'read_metrics', 'plot_loss_curves', 'prepare_image', 'sampling_points', 'encoder_sampling_points',
-           'draw_sampling_points', 'plot_sampling_points', 'reference_boxes', 'draw_reference_boxes',
-           'plot_reference_refinement', 'query_selection', 'plot_query_selection', 'default_matcher', 'num_classes_of',
-           'official_kind', 'load_model', 'write_figures']
+           'uses_sigmoid_classes', 'class_scores', 'detections', 'plot_predictions', 'pixel_to_cell',
+           'encoder_attention_grid', 'encoder_layers', 'encoder_attention_map', 'query_attention_map',
+           'plot_encoder_attention', 'top_queries', 'plot_query_attention', 'match', 'plot_cost_matrices',
+           'plot_matched_pairs', 'assignments_across_layers', 'plot_assignments_across_layers', 'run_checkpoints',
+           'load_detr_checkpoint', 'plot_checkpoint_grid', 'read_metrics', 'plot_loss_curves', 'prepare_image',
+           'sampling_points', 'encoder_sampling_points', 'draw_sampling_points', 'plot_sampling_points',
+           'reference_boxes', 'draw_reference_boxes', 'plot_reference_refinement', 'query_selection',
+           'plot_query_selection', 'default_matcher', 'num_classes_of', 'official_kind', 'load_model', 'write_figures']
 
 # %% ../nbs/19_visualize.ipynb #10a5dd07
 COLORS = ['#e6194b', '#3cb44b', '#4363d8', '#f58231', '#911eb4', '#42d4f4', '#f032e6', '#bfef45', '#469990', '#9a6324']
@@ -75,9 +75,9 @@ def draw_boxes(ax, boxes_xyxy: Tensor, labels=None, scores=None, class_names: Ma
 
 # %% ../nbs/19_visualize.ipynb #3ff1cbe2
 def model_kind(model: nn.Module) -> str:
-    "`'detr'`, `'yolos'`, `'deformable_detr'` or `'rtdetr'` for a detr_edu detector, else a TypeError."
+    "`'detr'` (also lesson 15's `FastDETR`), `'yolos'`, `'deformable_detr'` or `'rtdetr'` for a detr_edu detector, else a TypeError."
     name = type(model).__name__
-    kinds = {'DETR': 'detr', 'YOLOS': 'yolos', 'DeformableDETR': 'deformable_detr', 'RTDETR': 'rtdetr'}
+    kinds = {'DETR': 'detr', 'FastDETR': 'detr', 'YOLOS': 'yolos', 'DeformableDETR': 'deformable_detr', 'RTDETR': 'rtdetr'}
     if name not in kinds:
         raise TypeError(f"model_kind: `model` must be a DETR, YOLOS, DeformableDETR or RTDETR, got {name}")
     return kinds[name]
@@ -111,7 +111,11 @@ def inspect_model(model: nn.Module, image: Tensor) -> dict:
     H, W = image.shape[-2:]
     stride = model.backbone.patch_embed.patch_size[0] if kind == 'yolos' else feature_stride(H, fs[0])
     return {**out, 'kind': kind, 'image_size': (int(H), int(W)), 'feature_size': fs, 'stride': stride,
-            'focal': kind in ('deformable_detr', 'rtdetr')}
+            'focal': uses_sigmoid_classes(model)}
+
+def uses_sigmoid_classes(model: nn.Module) -> bool:
+    "True when `model` scores each class with a sigmoid (Deformable DETR, RT-DETR, a `FastDETR` with `sigmoid_classes`)."
+    return getattr(model, 'sigmoid_classes', model_kind(model) in ('deformable_detr', 'rtdetr'))
 
 # %% ../nbs/19_visualize.ipynb #6cc1365a
 def class_scores(logits: Tensor, focal: bool = False) -> tuple[Tensor, Tensor]:
@@ -613,7 +617,7 @@ def num_classes_of(model: nn.Module) -> int:
     kind = model_kind(model)
     if kind == 'rtdetr': return int(model.decoder.num_classes)
     last = [m for m in model.class_embed.modules() if isinstance(m, nn.Linear)][-1]
-    return last.out_features - (0 if kind == 'deformable_detr' else 1)
+    return last.out_features - (0 if uses_sigmoid_classes(model) else 1)
 
 def official_kind(state_dict: Mapping) -> str | None:
     "Which official repository's layout `state_dict` has: 'rtdetr', 'deformable_detr', 'yolos', 'detr', or None."

@@ -132,4 +132,4 @@ def test_bad_input():
     with pytest.raises(ValueError, match="mask"):
         tr(torch.randn(1, 16, 2, 2), torch.zeros(1, 3, 2, dtype=torch.bool), torch.randn(3, 16), torch.randn(1, 16, 2, 2))
     with pytest.raises(NotImplementedError):
-        TransformerDecoderLayer(8, 2)(torch.randn(2, 1, 8), torch.randn(3, 1, 8), tgt_mask=torch.zeros(2, 2))
+        TransformerDecoderLayer(8, 2)(torch.randn(2, 1, 8), torch.randn(3, 1, 8), memory_mask=torch.zeros(2, 3))

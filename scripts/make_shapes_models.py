@@ -1,0 +1,53 @@
+"""Regenerate the trained models that ship in data/models/ (lesson 15): each one is a `detr-edu train` run made by a
+recorded command, then stored small with `save_compact_checkpoint` (float16 weights, the run's config, its val stats).
+
+    python scripts/make_shapes_models.py                  # compact the runs already in outputs/ (after training them)
+    python scripts/make_shapes_models.py --train          # train every model with its recorded command first (long)
+    python scripts/make_shapes_models.py --train --only shapes_demo
+
+shapes_demo.pth  the README's main job (`make demo`): lesson 15's FastDETR with every fix, SHAPES_DEMO_CONFIG
+shapes_detr.pth  plain DETR, row 0 of lesson 15's ladder (benchmarks/train_shapes.py --ladder), the same budget
+Each file must stay under 4 MB and data/models under 16 MB (tests/test_convergence.py checks both).
+"""
+import argparse, json, subprocess, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODELS = {   # name -> (command that trains it, run folder it writes)
+    'shapes_demo': ([sys.executable, 'scripts/train_shapes_demo.py', '--out', 'outputs'], 'outputs/shapes_run'),
+    'shapes_detr': ([sys.executable, 'benchmarks/train_shapes.py', '--ladder', '--rows', '0', '--epochs', '12',
+                     '--output_dir', 'outputs/ladder', '--json', 'outputs/ladder/row0.json'], 'outputs/ladder/row0'),
+}
+MAX_BYTES = 4 * 2 ** 20
+
+
+def compact(name: str, run: Path) -> Path:
+    "Write data/models/{name}.pth from the run folder `run` (its checkpoint.pth and the last epoch's val stats)."
+    from detr_edu.training import save_compact_checkpoint, read_jsonl
+    last = [r for r in read_jsonl(run / 'metrics.jsonl') if 'test_AP' in r][-1]
+    out = ROOT / 'data' / 'models' / f'{name}.pth'
+    save_compact_checkpoint(run / 'checkpoint.pth', out, stats={k[5:]: v for k, v in last.items() if k.startswith('test_')},
+                            command=' '.join(Path(c).name if c == sys.executable else c for c in MODELS[name][0]))
+    size = out.stat().st_size
+    if size > MAX_BYTES: raise SystemExit(f'{out} is {size / 2 ** 20:.1f} MB: over the 4 MB a shipped model may take')
+    print(f"{out.relative_to(ROOT)}: {size / 2 ** 20:.2f} MB, epoch {last['epoch']}, val AP50 {last['test_AP50']:.3f}, AP {last['test_AP']:.3f}")
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--train', action='store_true', help='train each model with its recorded command first')
+    p.add_argument('--only', nargs='*', choices=sorted(MODELS), default=None, help='only these models')
+    args = p.parse_args(argv)
+    for name in args.only or MODELS:
+        command, run = MODELS[name]
+        if args.train: subprocess.run(command, cwd=ROOT, check=True)
+        if not (ROOT / run / 'checkpoint.pth').is_file():
+            p.exit(2, f'make_shapes_models: no run at {run}/checkpoint.pth; train it with --train (or: {" ".join(command[1:])})\n')
+        compact(name, ROOT / run)
+
+
+if __name__ == '__main__':
+    main()
