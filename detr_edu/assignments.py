@@ -453,9 +453,11 @@ def grade_notebook(path, source=None, timeout: float = 60, kernel_name: str = "p
     names = {e.grade_id: _exercise_names(src["cells"][e.solution], e) for e in exercises}
     nb.cells.append(nbformat.v4.new_code_cell(_ORIGIN_CHECK.format(names=sorted({n for v in names.values() for n in v}))))
     with tempfile.TemporaryDirectory(prefix="detr_edu_grade_") as tmp:
+        # the kernel is killed once the notebook has run ("immediate"): nothing in it is needed any more, and a
+        # graceful exit of a kernel that imported torch spends ~2 s of CPU tearing the interpreter down
         client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, allow_errors=True,
                                          interrupt_on_timeout=True, resources={"metadata": {"path": tmp}},
-                                         extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                                         extra_arguments=["--IPKernelApp.log_level=ERROR"], shutdown_kernel="immediate")
         try: client.execute(cwd=tmp)
         except DeadKernelError as e: report.notes.append(f"the kernel died ({e}); the cells after it did not run")
         except Exception as e: report.notes.append(f"execution stopped: {type(e).__name__}: {e}")

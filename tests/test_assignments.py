@@ -52,6 +52,9 @@ def _nbgrader_validate(path):
             return self.executed
 
     cfg = Config(); cfg.Execute.timeout = CELL_TIMEOUT
+    # kill the kernel once the notebook has run, as our grader does: a graceful exit of a kernel that imported torch
+    # spends ~2 s of CPU tearing the interpreter down, after nbgrader has everything it checks
+    cfg.Execute.shutdown_kernel = "immediate"
     v, cwd = Keeping(config=cfg), Path.cwd()
     try: res = v.validate(str(path))
     finally: os.chdir(cwd)             # nbgrader works inside the notebook's folder

@@ -53,15 +53,42 @@ def max_err(ort_out: dict, ref: dict, keys) -> float:
     return max(float((torch.from_numpy(np.asarray(ort_out[k])) - ref[k]).abs().max()) for k in keys)
 
 
+class _Exports(dict):
+    """family -> (model, ONNX path, ExportedProgram), each family exported when a test first asks for it (a pytest-xdist
+    worker exports only the families of the tests it runs). The program is the one `export_onnx` traced
+    (`export_program(model, SIZE, dynamic=True)`) and converted: `test_export_program_matches_eager` checks it
+    instead of tracing the same model again."""
+    def __init__(self, folder):
+        super().__init__(); self.folder = folder
+
+    def __missing__(self, family):
+        import detr_edu.export as E
+        model, traced = tiny(family), []
+        def keep(*args, **kwargs):
+            traced.append(program := export_program(*args, **kwargs)); return program
+        mp = pytest.MonkeyPatch()
+        mp.setattr(E, "export_program", keep)          # export_onnx looks the name up in its module
+        try: path = export_onnx(model, self.folder / f"{family}.onnx", SIZE)
+        finally: mp.undo()
+        assert len(traced) == 1, "export_onnx traces the model exactly once"
+        self[family] = model, path, traced[0]
+        return self[family]
+
+
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported_with_programs(tmp_path_factory):
+    return _Exports(tmp_path_factory.mktemp("onnx"))
+
+
+class _Pairs:
+    def __init__(self, exports): self.exports = exports
+    def __getitem__(self, family): return self.exports[family][:2]
+
+
+@pytest.fixture(scope="module")
+def exported(exported_with_programs):
     "family -> (model, ONNX path) exported once at SIZE with dynamic sizes (fixed for RT-DETR)."
-    folder = tmp_path_factory.mktemp("onnx")
-    out = {}
-    for family in FAMILIES:
-        model = tiny(family)
-        out[family] = model, export_onnx(model, folder / f"{family}.onnx", SIZE)
-    return out
+    return _Pairs(exported_with_programs)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -96,9 +123,12 @@ def test_rtdetr_export_does_not_touch_the_model_and_refuses_other_sizes(exported
 
 
 @pytest.mark.parametrize("family, dynamic", [("detr", True), ("yolos", True), ("rtdetr", False)])
-def test_export_program_matches_eager(family, dynamic):
-    model = tiny(family)
-    program = export_program(model, SIZE, dynamic=dynamic)
+def test_export_program_matches_eager(request, family, dynamic):
+    if dynamic:                                    # the very program export_onnx traced with these arguments
+        model, _, program = request.getfixturevalue("exported_with_programs")[family]
+    else:
+        model = tiny(family)
+        program = export_program(model, SIZE, dynamic=dynamic)
     assert isinstance(program, torch.export.ExportedProgram)
     torch.manual_seed(2)
     xs = [torch.randn(3, 3, *SIZE)] + ([torch.randn(2, 3, *OTHER[family])] if dynamic else [])
