@@ -204,7 +204,9 @@ def ladder_record(history: list[dict], name: str, options: dict) -> dict:
     epochs = [{'epoch': r['epoch'], 'elapsed': r['elapsed'], 'train_cpu_time': r.get('train_cpu_time'),
                'AP50': r['test_AP50'], 'AP': r['test_AP']} for r in history if 'test_AP' in r]
     walls = [b['elapsed'] - a['elapsed'] for a, b in zip([{'elapsed': 0.0}] + epochs[:-1], epochs)]
-    return {'name': name, 'options': options, 'seconds_per_epoch': sorted(walls)[len(walls) // 2], 'epochs': epochs}
+    cpu = sorted(e['train_cpu_time'] for e in epochs)
+    return {'name': name, 'options': options, 'seconds_per_epoch': sorted(walls)[len(walls) // 2],
+            'cpu_seconds_per_epoch': cpu[len(cpu) // 2], 'epochs': epochs}
 
 
 def run_ladder(epochs: int, out_root: str, rows: list[int], jobs: int = 2, json_path: str | None = None) -> dict:
@@ -237,10 +239,11 @@ def run_ladder(epochs: int, out_root: str, rows: list[int], jobs: int = 2, json_
 
 
 def ladder_table(result: dict) -> str:
-    out = ['| step | s / epoch | AP50 by epoch | final AP50 | final AP |', '|---|---:|---|---:|---:|']
+    out = ['| step | wall s / epoch | CPU s / epoch | AP50 by epoch | final AP50 | final AP |', '|---|---:|---:|---|---:|---:|']
     for r in result['rows']:
         curve = ' '.join(f"{e['AP50']:.2f}" for e in r['epochs'])
-        out.append(f"| {r['name']} | {r['seconds_per_epoch']:.0f} | {curve} | {r['epochs'][-1]['AP50']:.3f} | {r['epochs'][-1]['AP']:.3f} |")
+        out.append(f"| {r['name']} | {r['seconds_per_epoch']:.0f} | {r['cpu_seconds_per_epoch']:.0f} | {curve} | "
+                   f"{r['epochs'][-1]['AP50']:.3f} | {r['epochs'][-1]['AP']:.3f} |")
     return '\n'.join(out)
 # ---- end of the ladder -----------------------------------------------------------------------------------------------
 
@@ -302,6 +305,11 @@ def main(argv=None):
     print(recorded_table(RECORDED_RTDETR))
     print('# recorded: DETR, one change at a time from the demo settings, 6 epochs each, side by side')
     print(ablation_table())
+    ladder_json = ROOT / 'data/results/shapes_ladder.json'
+    if ladder_json.is_file():
+        recorded_ladder = json.loads(ladder_json.read_text())
+        print(f"# recorded: lesson 15's ladder, one convergence fix added per row ({recorded_ladder['note']})")
+        print(ladder_table(recorded_ladder))
     if args.recorded: return
     from detr_edu.engine import read_jsonl
     if args.from_run:
@@ -313,9 +321,14 @@ def main(argv=None):
     from detr_edu.engine import train
     overrides = dict(SHAPES_DEMO_CONFIG, output_dir=args.output_dir, progress=False)
     if args.epochs is not None: overrides['epochs'] = args.epochs
+    given = {}
     for item in args.set:
         if '=' not in item: p.error(f'--set: expected NAME=VALUE, got {item!r}')
-        k, v = item.split('=', 1); overrides[k] = _value(v)
+        k, v = item.split('=', 1); given[k] = _value(v)
+    if given.get('model', overrides['model']) != overrides['model']:    # another family: none of lesson 15's fixes
+        from detr_edu.recipes import OPTIONAL_SETTINGS
+        overrides = {k: v for k, v in overrides.items() if k not in OPTIONAL_SETTINGS}
+    overrides.update(given)
     ensure_shapes_data(overrides['data_path'])
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     print(f"# this run: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s) visible, load average {load:.1f}, "

@@ -70,7 +70,7 @@ def draw_boxes(ax, boxes_xyxy: Tensor, labels=None, scores=None, class_names: Ma
         ax.add_patch(r); out.append(r)
         text = [] if lab is None else [class_names.get(lab, str(lab)) if isinstance(class_names, Mapping) else str(lab)]
         if scores is not None: text.append(f'{float(scores[i]):.2f}')
-        if text: ax.text(b[0], b[1] - 1, ' '.join(text), fontsize=6, color='white', va='bottom', bbox=dict(fc=c, ec='none', pad=0.5))
+        if text: ax.text(b[0], b[1] - 1, ' '.join(text), fontsize=9, color='white', va='bottom', bbox=dict(fc=c, ec='none', pad=0.5))
     return out
 
 # %% ../nbs/19_visualize.ipynb #3ff1cbe2
@@ -322,7 +322,7 @@ def plot_matched_pairs(image: Tensor, outputs: Mapping, target: Mapping, matcher
         draw_boxes(ax, pred[q:q + 1], None, None, None, color=c, dashed=True)
         (gx, gy), (px, py) = ((gt[t, :2] + gt[t, 2:]) / 2).tolist(), ((pred[q, :2] + pred[q, 2:]) / 2).tolist()
         ax.plot([gx, px], [gy, py], color=c, lw=1)
-        ax.text(px, py, str(q), fontsize=6, color='white', bbox=dict(fc=c, ec='none', pad=0.5))
+        ax.text(px, py, str(q), fontsize=9, color='white', bbox=dict(fc=c, ec='none', pad=0.5))
     ax.set_xlim(0, size[1]); ax.set_ylim(size[0], 0)
     ax.set_title(f'{len(m["pred_idx"])} targets matched', fontsize=8); ax.axis('off')
     fig.tight_layout()

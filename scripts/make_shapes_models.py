@@ -2,11 +2,12 @@
 recorded command, then stored small with `save_compact_checkpoint` (float16 weights, the run's config, its val stats).
 
     python scripts/make_shapes_models.py                  # compact the runs already in outputs/ (after training them)
+    python scripts/make_shapes_models.py --from shapes_detr=/tmp/ladder/row0   # compact a run kept elsewhere
     python scripts/make_shapes_models.py --train          # train every model with its recorded command first (long)
     python scripts/make_shapes_models.py --train --only shapes_demo
 
 shapes_demo.pth  the README's main job (`make demo`): lesson 15's FastDETR with every fix, SHAPES_DEMO_CONFIG
-shapes_detr.pth  plain DETR, row 0 of lesson 15's ladder (benchmarks/train_shapes.py --ladder), the same budget
+shapes_detr.pth  plain DETR, row 0 of lesson 15's ladder (benchmarks/train_shapes.py --ladder --epochs 8)
 Each file must stay under 4 MB and data/models under 16 MB (tests/test_convergence.py checks both).
 """
 import argparse, json, subprocess, sys
@@ -17,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 MODELS = {   # name -> (command that trains it, run folder it writes)
     'shapes_demo': ([sys.executable, 'scripts/train_shapes_demo.py', '--out', 'outputs'], 'outputs/shapes_run'),
-    'shapes_detr': ([sys.executable, 'benchmarks/train_shapes.py', '--ladder', '--rows', '0', '--epochs', '12',
+    'shapes_detr': ([sys.executable, 'benchmarks/train_shapes.py', '--ladder', '--rows', '0', '--epochs', '8',
                      '--output_dir', 'outputs/ladder', '--json', 'outputs/ladder/row0.json'], 'outputs/ladder/row0'),
 }
 MAX_BYTES = 4 * 2 ** 20
@@ -40,11 +41,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--train', action='store_true', help='train each model with its recorded command first')
     p.add_argument('--only', nargs='*', choices=sorted(MODELS), default=None, help='only these models')
+    p.add_argument('--from', dest='runs', nargs='*', default=[], metavar='NAME=RUN_FOLDER', help='take a model from this run folder')
     args = p.parse_args(argv)
+    runs = dict(item.split('=', 1) for item in args.runs)
+    if set(runs) - set(MODELS): p.error(f'--from: names must be among {sorted(MODELS)}, got {sorted(runs)}')
     for name in args.only or MODELS:
         command, run = MODELS[name]
+        run = runs.get(name, run)
         if args.train: subprocess.run(command, cwd=ROOT, check=True)
-        if not (ROOT / run / 'checkpoint.pth').is_file():
+        if not (ROOT / run / 'checkpoint.pth').is_file():    # ROOT / an absolute path is that path
             p.exit(2, f'make_shapes_models: no run at {run}/checkpoint.pth; train it with --train (or: {" ".join(command[1:])})\n')
         compact(name, ROOT / run)
 

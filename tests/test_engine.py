@@ -318,7 +318,7 @@ def test_cli_help():
     code, out, _ = _main('train', '--help')
     assert code == 0
     for opt in ('--lr ', '--lr_backbone', '--clip_max_norm', '--resume', '--num_queries', '--output_dir', '--backbone_batchnorm',
-                '--model {detr,deformable_detr,rtdetr,yolos}', '--crop_prob', '--scales', 'small_cnn'):
+                '--model {detr,deformable_detr,rtdetr,yolos,fast_detr}', '--crop_prob', '--scales', 'small_cnn'):
         assert opt in out, opt
 
 
@@ -407,11 +407,13 @@ def test_cli_train_resume_eval_predict(tmp_path, extra):
 
 
 @needs_shapes
-@pytest.mark.parametrize('model,extra', [('yolos', {}), ('deformable_detr', {'backbone': 'resnet18', 'dec_layers': 1})])
+@pytest.mark.parametrize('model,extra', [('yolos', {}), ('deformable_detr', {'backbone': 'resnet18', 'dec_layers': 1}),
+                                         ('fast_detr', {'class_loss': 'varifocal', 'anchors': True, 'num_denoising': 4,
+                                                        'num_groups': 2, 'query_selection': True})])
 def test_train_other_families(tmp_path, model, extra):
     "Every registered family trains two iterations and evaluates through `train` (the CLI's code); rtdetr: above."
     from detr_edu.engine import train, MODELS
-    assert model in MODELS and set(MODELS) == {'detr', 'yolos', 'deformable_detr', 'rtdetr'}
+    assert model in MODELS and set(MODELS) == {'detr', 'yolos', 'deformable_detr', 'rtdetr', 'fast_detr'}
     data = small_shapes_copy(tmp_path / 'shapes', n_train=2, n_val=2)
     hist = train(data_path=str(data), output_dir=str(tmp_path / 'run'), epochs=1, max_iters=2,
                  **{**TINY, 'model': model, **extra})['history']
