@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # Recorded 2026-12-01 on the 2-core build machine, shared with 4-6 other jobs (load average 6-12) until epoch 7: the demo model
-# (SHAPES_DEMO_CONFIG: DETR on `small_cnn`, hidden 128, 1 encoder + 3 decoder layers, 20 queries, 128 px, batch 8,
+# before lesson 15 (plain DETR on `small_cnn`, hidden 128, 1 encoder + 3 decoder layers, 20 queries, 128 px, batch 8,
 # lr 4e-4 everywhere, no crop; this run had no lr drop). One epoch = 125 iterations of 8 images.
 # Columns: epoch, wall s of the epoch (train + eval), CPU s of the training process, train loss, val loss, AP50, AP.
 RECORDED = [
@@ -219,9 +219,9 @@ def run_ladder(epochs: int, out_root: str, rows: list[int], jobs: int = 2, json_
     while pending or running:
         while pending and len(running) < jobs:
             row = pending.pop(0)
-            log = open(Path(out_root) / f'row{row}.log', 'w')
             cmd = [sys.executable, __file__, '--ladder_row', str(row), '--epochs', str(epochs), '--output_dir', f'{out_root}/row{row}']
-            running.append((row, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
+            with open(Path(out_root) / f'row{row}.log', 'w') as log:          # the child keeps its own handle
+                running.append((row, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
             print(f'# ladder row {row} ({LADDER[row][0]}) started at {time.time() - t0:.0f} s', flush=True)
         time.sleep(5)
         for row, proc in list(running):
@@ -230,7 +230,7 @@ def run_ladder(epochs: int, out_root: str, rows: list[int], jobs: int = 2, json_
                 if proc.returncode: raise SystemExit(f'ladder row {row} failed: see {out_root}/row{row}.log')
     from detr_edu.engine import read_jsonl
     result = {'machine': f"{platform.machine()}, {os.cpu_count()} CPU(s), {jobs} runs side by side, one thread each",
-              'epochs': epochs, 'settings': ladder_settings(0, epochs, out_root) | {'model': 'fast_detr'},
+              'epochs': epochs, 'settings': ladder_settings(0, epochs, out_root),
               'rows': [ladder_record(read_jsonl(Path(out_root) / f'row{r}' / 'metrics.jsonl'), *LADDER[r]) for r in rows]}
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=1) + '\n')
@@ -292,7 +292,7 @@ def main(argv=None):
         rows = args.rows if args.rows is not None else list(range(len(LADDER)))
         result = run_ladder(args.epochs or 8, args.output_dir, rows, args.jobs, args.json)
         print(ladder_table(result)); return
-    print('# recorded: the demo model, 2-core machine (shared until epoch 7); goal AP50 >= 0.8 within 15 minutes: NOT reached '
+    print('# recorded: plain DETR, the demo model before lesson 15, 2-core machine (shared until epoch 7); goal AP50 >= 0.8 within 15 minutes: NOT reached '
           '(~30 s per epoch on free cores -> 24 epochs in the budget; AP50 grows ~0.01 per epoch)')
     print(recorded_table())
     print('# recorded: Deformable DETR, same settings on ResNet-18 (free machine): passes DETR\'s final AP50 at epoch 3')

@@ -10,7 +10,7 @@ shapes_demo.pth  the README's main job (`make demo`): lesson 15's FastDETR with 
 shapes_detr.pth  plain DETR, row 0 of lesson 15's ladder (benchmarks/train_shapes.py --ladder --epochs 8)
 Each file must stay under 4 MB and data/models under 16 MB (tests/test_convergence.py checks both).
 """
-import argparse, json, subprocess, sys
+import argparse, subprocess, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 like any run checkpoint, and as accurate as recorded - on the val split and on a fresh split of the generator that
 no model has seen."""
 from __future__ import annotations
-import json, subprocess, sys
+import subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ def test_shipped_model_matches_its_recorded_val_stats(name):
     ck = torch.load(path, weights_only=True)
     assert {v.dtype for v in ck['model'].values() if v.is_floating_point()} == {torch.float16}
     cfg, _ = config_from_checkpoint(path)
-    model = build_model(make_config(cfg, num_classes=cfg.num_classes))[0]
+    model = build_model(cfg)[0]
     model.load_state_dict(ck['model'])                        # every key, every shape: the config rebuilds the model
     stats = evaluate_checkpoint(path, data_path=str(ROOT / 'data/shapes'), num_workers=0, batch_size=16, progress=False)
     # float16 storage moves a few boxes by a pixel at most

@@ -26,7 +26,7 @@ def test_snapshot_epochs():
     assert snapshot_epochs_of(10, (0, 3, 3, 10, 12)) == [3]
 
 
-def test_tiny_demo_writes_lesson_15_figures(shapes, tmp_path):
+def test_tiny_demo_writes_lesson_19_figures(shapes, tmp_path):
     res = run_shapes_demo(tmp_path / 'out', data_path=str(shapes), **TINY)
     out = tmp_path / 'out'
     for name in ['loss_curve', 'predictions', 'cross_attention', 'matching', 'viz_predictions', 'viz_query_attention',
