@@ -157,7 +157,7 @@ def export_onnx(model: nn.Module, path, image_size=(800, 1066), dynamic: bool = 
     outputs `scores` `(B, K)`, `labels` `(B, K)`, `boxes` `(B, K, 4)` absolute xyxy (see `detections`). Batch
     dynamic; height and width too when `dynamic` and the family allows it (not RT-DETR). `ValueError` as
     `deployable` raises it."""
-    import onnx
+    import onnx, onnxscript.optimizer
     program = export_program(model, image_size, dynamic, postprocess)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,6 +165,8 @@ def export_onnx(model: nn.Module, path, image_size=(800, 1066), dynamic: bool = 
     torch.onnx.export(program, (), str(path), input_names=inputs, output_names=OUTPUT_NAMES[postprocess],
                       dynamo=True, external_data=False, optimize=False, verbose=False)
     proto = onnx.load(str(path))
+    onnxscript.optimizer.fold_constants(proto)                  # constants computed once, here (see above)
+    onnxscript.optimizer.remove_unused_nodes(proto)
     name, _, _, normalisation = _info(model)
     onnx.helper.set_model_props(proto, {"family": name, "normalisation": normalisation,
                                         "image_size": f"{image_size[0]}x{image_size[1]}"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import platform
 import shutil
 import warnings
 from pathlib import Path
@@ -69,9 +70,10 @@ def ms_deform_attn_core_pytorch(value: Tensor, value_spatial_shapes, sampling_lo
         img = per_level[lvl].permute(0, 2, 3, 1).reshape(N * M, D, h, w)  # every head is an image of D channels
         grid = grids[:, :, :, lvl].transpose(1, 2).reshape(N * M, Lq, P, 2)
         samples.append(F.grid_sample(img, grid, mode='bilinear', padding_mode='zeros', align_corners=False))
-    samples = torch.stack(samples, dim=3).view(N, M, D, Lq, L, P)
-    out = torch.einsum('nmdqlp,nqmlp->nqmd', samples, attention_weights)
-    return out.reshape(N, Lq, M * D)
+    samples = torch.stack(samples, dim=-2).flatten(-2)                    # (N*M, D, Lq, L*P)
+    weights = attention_weights.transpose(1, 2).reshape(N * M, 1, Lq, L * P)
+    out = (samples * weights).sum(-1).view(N, M * D, Lq)                  # weighted sum over levels and points
+    return out.transpose(1, 2).contiguous()
 
 # %% ../nbs/11_ms_deform_attn.ipynb #ff69c966
 def _fail(who: str, msg: str, exc=ValueError):
@@ -820,6 +822,19 @@ def _write_if_changed(path: Path, text: str):
     tmp.write_text(text); os.replace(tmp, path)
 
 # %% ../nbs/11_ms_deform_attn.ipynb #a4d9fd1f
+def _cpu_flags() -> list[str]:
+    """`-march=native` on x86-64: the compiler may use this CPU's widest vector instructions (AVX2, AVX-512) for the
+    inner loops over channels; elsewhere no flag (not every compiler for ARM accepts it)."""
+    return ["-march=native"] if platform.machine().lower() in ("x86_64", "amd64") else []
+
+def _cpu_id() -> str:
+    "The instruction sets a `-march=native` build relies on (Linux: a hash of the CPU flags), so another CPU rebuilds."
+    try:
+        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags"))
+        return hashlib.sha256(flags.encode()).hexdigest()[:12]
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
 def _build_config(kind: str) -> dict:
     "Everything that decides the compiled library (hashed into its name), or KernelUnavailableError saying what is missing."
     cpp_extension = _cpp_extension()
@@ -828,7 +843,7 @@ def _build_config(kind: str) -> dict:
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:
         raise KernelUnavailableError(f"no C++ compiler: `{cxx}` is not on the PATH (install g++ or set $CXX)")
-    cfg = dict(kind=kind, torch=torch.__version__, cflags=["-O3"], cuda_cflags=[], includes=[], arch=None,
+    cfg = dict(kind=kind, torch=torch.__version__, cflags=["-O3", *_cpu_flags()], cpu=_cpu_id(), cuda_cflags=[], includes=[], arch=None,
                files=["ms_deform_attn_common.h", "ms_deform_attn_cpu.cpp"])
     if kind == "cuda":
         if torch.version.cuda is None:
