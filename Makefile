@@ -12,22 +12,9 @@ export MPLBACKEND := Agg
 
 setup: $(STAMP)
 
-# (re)install when the venv is missing or pyproject.toml changed since the last install.
-# uv installs the same packages as pip about four times faster (parallel downloads, unpacking and byte-compiling:
-# measured on a fresh clone below). It does not read pip's configuration, so the
-# machine's pip constraint files and find-links (config or $PIP_CONSTRAINT / $PIP_FIND_LINKS) are handed to it.
-# Byte-compiling up front matters where PYTHONDONTWRITEBYTECODE is set (as on the course machines): there every
-# process would otherwise recompile torch's modules at import. If uv cannot be installed or fails, pip does the job.
+# (re)install when the venv is missing or pyproject.toml changed since the last install (uv, else pip: see the script)
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@cons="$${PIP_CONSTRAINT:-$$($(BIN)/python -m pip config get global.constraint 2>/dev/null)}"; \
-	links="$${PIP_FIND_LINKS:-$$($(BIN)/python -m pip config get global.find-links 2>/dev/null)}"; \
-	args=""; for c in $$cons; do args="$$args --constraint $$c"; done; for l in $$links; do args="$$args --find-links $$l"; done; \
-	if $(BIN)/python -m pip install --progress-bar off -q uv && \
-	   $(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode $$args -e ".[dev]"; then echo "installed with uv"; \
-	else echo "uv failed: installing with pip"; \
-	  $(BIN)/python -m pip install --progress-bar off -q --no-compile -e ".[dev]" && \
-	  { $(BIN)/python -m compileall -q -j 0 "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" >/dev/null || true; }; fi
+	PYTHON=$(PYTHON) bash scripts/setup_venv.sh $(VENV)
 	@touch $(STAMP)
 
 demo: $(STAMP)
