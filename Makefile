@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python scripts/train_shapes_demo.py --out outputs
 
-test: $(STAMP) browser sync-check layering nbtest pytest
+# the notebooks run inside pytest (tests/test_notebooks.py), sharing its two workers; `make nbtest` runs them alone
+test: $(STAMP) browser sync-check layering pytest
 	@echo "all checks passed"
 
 # The website tests open every page in headless Chromium: Debian's chromium + chromium-driver.
