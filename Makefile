@@ -20,8 +20,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python scripts/train_shapes_demo.py --out outputs
 
-# the notebooks run inside pytest (tests/test_notebooks.py), sharing its two workers; `make nbtest` runs them alone
-test: $(STAMP) browser sync-check layering pytest
+test: $(STAMP) browser sync-check layering nbtest pytest
 	@echo "all checks passed"
 
 # The website tests open every page in headless Chromium: Debian's chromium + chromium-driver.

@@ -13,15 +13,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-def pytest_collection_modifyitems(config, items):
-    """Longest first: the notebook run, then the tests marked `slow`, then the rest, each group in collection order.
-    pytest-xdist hands tests out in this order, so the long ones start early and the short ones fill the gaps at the
-    end, instead of one worker finishing a 50 s test while the other idles."""
-    def rank(item):
-        return 0 if item.name == "test_every_notebook_runs_top_to_bottom" else 1 if item.get_closest_marker("slow") else 2
-    items[:] = sorted(items, key=rank)      # sorted() is stable
-
-
 @pytest.fixture(scope='module')
 def detr():
     """A tiny DETR through the engine's `build_model` (ResNet-18, width 32, 4 heads, 2 encoder and 3 decoder layers,
