@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install the project and its dev dependencies into the virtual environment VENV (default .venv), as `make setup` does.
 #
-# uv installs the same packages as pip several times faster: it downloads, unpacks and byte-compiles in parallel
-# (on the course's 2-core machine: see README / issue notes for the measured setup time). It does not read pip's
+# uv installs the same packages as pip faster: it downloads, unpacks and byte-compiles in parallel (on the course's
+# 2-core machine, a fresh clone with empty caches: 70 s, against 156 s for pip + compileall). It does not read pip's
 # configuration, so the constraint files and find-links that pip would use (its config files or $PIP_CONSTRAINT,
 # $PIP_FIND_LINKS; on the course machines they cap torch at the release kept on disk) are handed to it.
 # Byte-compiling up front matters where PYTHONDONTWRITEBYTECODE is set (as on the course machines): every process
@@ -15,12 +15,12 @@ test -x "$PY" || "${PYTHON:-python3}" -m venv "$VENV"
 pip_setting() {  # every value of pip setting $1 (e.g. constraint), from any config file or the environment
   "$PY" -m pip config list 2>/dev/null | sed -n "s/^[^=]*\.$1='\(.*\)'\$/\1/p" | tr ' ' '\n' | sort -u
 }
-args=()
+args=()   # (expanded as ${args[@]+...}: an empty array is "unbound" to bash 3 under set -u)
 for c in $(pip_setting constraint); do args+=(--constraint "$c"); done
 for l in $(pip_setting find-links); do args+=(--find-links "$l"); done
 
 if "$PY" -m pip install --progress-bar off -q uv &&
-   "$VENV/bin/uv" pip install -q --python "$PY" --compile-bytecode "${args[@]}" -e ".[dev]"; then
+   "$VENV/bin/uv" pip install -q --python "$PY" --compile-bytecode ${args[@]+"${args[@]}"} -e ".[dev]"; then
   echo "installed with uv"
 else
   echo "uv failed: installing with pip"
