@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .data import CocoDetection, make_coco_transforms
 from .engine import make_config, build_model, resolve_coco_split
-from .convergence import SHIPPED_MODELS, shipped_model_path
+from .convergence import SHIPPED_MODELS
 from .visualize import (inspect_model, detections, class_scores, query_attention_map, encoder_attention_map,
                                 encoder_attention_grid, encoder_layers, pixel_to_cell, plot_cost_matrices,
                                 plot_matched_pairs, to_display, draw_boxes, pixel_boxes, _overlay, match,
@@ -448,8 +448,8 @@ def _load_dataset(data, max_size: int, max_images: int):
 
 def explore_sources(checkpoint=None, data=None, base=None) -> tuple[list[Path], Path, int]:
     """What `detr-edu explore` shows: `(checkpoint files, oldest first; the COCO folder whose val split is shown; the
-    image size)`. `checkpoint` is a file or a run folder, by default the course's trained demo model (lesson 15's
-    `shipped_model_path()`, with the course's `data/shapes`); `data` defaults to the checkpoint's `data_path`, else
+    image size)`. `checkpoint` is a file or a run folder, by default the course's trained demo model (`shapes_demo.pth`
+    in lesson 15's `SHIPPED_MODELS`, with the course's `data/shapes`); `data` defaults to the checkpoint's `data_path`, else
     `data/shapes`. Relative paths, given or stored in the checkpoint, are taken from `base` (default: the folder the
     command was started in), not from wherever the page's kernel runs. Raises FileNotFoundError naming the path when
     the checkpoint or the data folder is not there."""

@@ -19,8 +19,8 @@ from .data import IMAGENET_MEAN, IMAGENET_STD, denormalize_boxes
 from .detr import load_checked
 
 # %% auto #0
-__all__ = ['COLORS', 'class_color', 'to_display', 'pixel_boxes', 'draw_boxes', 'model_kind', 'feature_stride', 'inspect_model',
-           'uses_sigmoid_classes', 'class_scores', 'detections', 'plot_predictions', 'pixel_to_cell',
+__all__ = ['COLORS', 'class_color', 'to_display', 'pixel_boxes', 'draw_boxes', 'model_kind', 'feature_stride',
+           'uses_sigmoid_classes', 'inspect_model', 'class_scores', 'detections', 'plot_predictions', 'pixel_to_cell',
            'encoder_attention_grid', 'encoder_layers', 'encoder_attention_map', 'query_attention_map',
            'plot_encoder_attention', 'top_queries', 'plot_query_attention', 'match', 'plot_cost_matrices',
            'plot_matched_pairs', 'assignments_across_layers', 'plot_assignments_across_layers', 'run_checkpoints',
@@ -87,6 +87,10 @@ def feature_stride(image_side: int, feature_side: int) -> int:
     return 2 ** round(math.log2(image_side / feature_side))
 
 @torch.no_grad()
+def uses_sigmoid_classes(model: nn.Module) -> bool:
+    "True when `model` scores each class with a sigmoid (Deformable DETR, RT-DETR, a `FastDETR` with `sigmoid_classes`)."
+    return getattr(model, 'sigmoid_classes', model_kind(model) in ('deformable_detr', 'rtdetr'))
+
 def inspect_model(model: nn.Module, image: Tensor) -> dict:
     """Run `model` (DETR or YOLOS; Deformable DETR and RT-DETR where they can return attention) on one normalised
     `(3, H, W)` image in eval mode with attention. Returns the model's outputs (batch of 1) plus `kind`,
@@ -112,10 +116,6 @@ def inspect_model(model: nn.Module, image: Tensor) -> dict:
     stride = model.backbone.patch_embed.patch_size[0] if kind == 'yolos' else feature_stride(H, fs[0])
     return {**out, 'kind': kind, 'image_size': (int(H), int(W)), 'feature_size': fs, 'stride': stride,
             'focal': uses_sigmoid_classes(model)}
-
-def uses_sigmoid_classes(model: nn.Module) -> bool:
-    "True when `model` scores each class with a sigmoid (Deformable DETR, RT-DETR, a `FastDETR` with `sigmoid_classes`)."
-    return getattr(model, 'sigmoid_classes', model_kind(model) in ('deformable_detr', 'rtdetr'))
 
 # %% ../nbs/19_visualize.ipynb #6cc1365a
 def class_scores(logits: Tensor, focal: bool = False) -> tuple[Tensor, Tensor]:

@@ -81,6 +81,7 @@ def exported_with_programs(tmp_path_factory):
 
 
 class _Pairs:
+    "family -> (model, ONNX path): the `_Exports` entry without its program."
     def __init__(self, exports): self.exports = exports
     def __getitem__(self, family): return self.exports[family][:2]
 
