@@ -24,10 +24,15 @@ idle, official commit 11169a6, 640x640, 2 threads, medians of interleaved rounds
   18:12, before lesson 11's `-march=native` build:  ours 1.949 / 3.538, official 3.583 / 6.998 -> 0.544x wall, 0.506x CPU
   18:31, with it (5 rounds):                         ours 1.831 / 3.401, official 3.589 / 7.017 -> 0.510x wall, 0.485x CPU
   18:36, with it (7 rounds):                         ours 2.473 / 4.364, official 4.363 / 8.467 -> 0.567x wall, 0.515x CPU
-so the goal is met in CPU time in one run of three and not reliably. Where ours spends one forward (`--profile`,
-18:31): linear layers 35 %, convolutions 27 %, the C++ deformable-attention kernel 16 % (25 % before `-march=native`),
-ReLU 4 %, copies 3 %, additions 3 %, frozen batch norm 2 %, max-pool 2 %. The official code spends 54 % in its
-pure-PyTorch attention (`grid_sample` alone 27 %).
+  20:10, the same code:                              ours 2.027 / 3.764, official 4.089 / 7.878 -> 0.496x wall, 0.478x CPU
+so the goal was met in two runs of four in CPU time (one in wall time), not reliably. Then lesson 03's ResNet ran channels-last on the
+CPU and lesson 04's feed-forward ReLU in place (7 % off ours, measured side by side in one process):
+  21:07 (7 rounds):  ours 1.862 / 3.456, official 3.851 / 7.509 -> 0.483x wall, 0.460x CPU
+  21:20 (7 rounds):  ours 1.749 / 3.164, official 3.800 / 7.405 -> 0.460x wall, 0.427x CPU
+Where ours spends one forward now (`--profile`, 21:20): linear layers 42 %, convolutions 22 %, the C++
+deformable-attention kernel 17 %, copies 5 %, additions 4 %, frozen batch norm 3 %, ReLU 1 % (4 % out of place), max-pool
+0.1 % (34 ms in the default layout, 3 ms channels-last). The official code spends 59 % in its pure-PyTorch attention
+(`grid_sample` alone 29 %).
 """
 import argparse, ast, contextlib, os, statistics, sys, tempfile, time, types, warnings
 
