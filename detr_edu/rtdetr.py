@@ -20,17 +20,18 @@ from .transformer import (MultiheadAttention, TransformerEncoderLayer, Transform
 from .deformable_detr import inverse_sigmoid
 from .ms_deform_attn import MSDeformAttn
 from .matcher import _check_targets
-from .recipes import TrainConfig, register_model, register_init_reader
+from .recipes import TrainConfig, register_model, register_init_reader, SmallConvBackbone
 
 # %% auto #0
-__all__ = ['RESNET_BLOCKS', 'RTDETR_CONFIGS', 'get_activation', 'ConvNormLayer', 'BasicBlock', 'BottleNeck', 'Blocks', 'PResNet',
-           'fuse_conv_bn', 'RepVggBlock', 'CSPRepLayer', 'build_2d_sincos_position_embedding', 'HybridEncoder',
-           'generate_anchors', 'select_topk', 'denoising_attn_mask', 'get_contrastive_denoising_training_group',
-           'MaskedMultiheadAttention', 'RTDETRDecoderLayer', 'RTDETRDecoder', 'bias_init_with_prob',
-           'RTDETRTransformer', 'RTDETR', 'RTDETRPostProcessor', 'build_rtdetr', 'varifocal_loss',
-           'get_cdn_matched_indices', 'RTDETRCriterion', 'rtdetr_weight_dict', 'build_rtdetr_criterion',
-           'make_rtdetr_transforms', 'rtdetr_transforms', 'rtdetr_multi_scale', 'build_rtdetr_training',
-           'score_iou_pairs', 'infer_rtdetr_config', 'rtdetr_from_official', 'read_official_rtdetr']
+__all__ = ['RESNET_BLOCKS', 'RTDETR_CONFIGS', 'SMALL_CNN_PYRAMID_CHANNELS', 'get_activation', 'ConvNormLayer', 'BasicBlock',
+           'BottleNeck', 'Blocks', 'PResNet', 'fuse_conv_bn', 'RepVggBlock', 'CSPRepLayer',
+           'build_2d_sincos_position_embedding', 'HybridEncoder', 'generate_anchors', 'select_topk',
+           'denoising_attn_mask', 'get_contrastive_denoising_training_group', 'MaskedMultiheadAttention',
+           'RTDETRDecoderLayer', 'RTDETRDecoder', 'bias_init_with_prob', 'RTDETRTransformer', 'RTDETR',
+           'RTDETRPostProcessor', 'build_rtdetr', 'SmallConvPyramid', 'varifocal_loss', 'get_cdn_matched_indices',
+           'RTDETRCriterion', 'rtdetr_weight_dict', 'build_rtdetr_criterion', 'make_rtdetr_transforms',
+           'rtdetr_transforms', 'rtdetr_multi_scale', 'build_rtdetr_training', 'score_iou_pairs', 'infer_rtdetr_config',
+           'rtdetr_from_official', 'read_official_rtdetr']
 
 # %% ../nbs/13_rtdetr.ipynb #2f2ad715
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
@@ -819,11 +820,14 @@ def build_rtdetr(num_classes: int = 80, depth: int = 50, variant: str = "d", fre
                  num_levels: int = 3, num_decoder_points: int = 4, num_decoder_layers: int = 6,
                  dim_feedforward: int = 1024, num_denoising: int = 100, label_noise_ratio: float = 0.5,
                  box_noise_scale: float = 1.0, learnt_init_query: bool = False, eval_idx: int = -1,
-                 aux_loss: bool = True, multi_scale: list[int] | None = None) -> RTDETR:
+                 aux_loss: bool = True, multi_scale: list[int] | None = None, backbone: nn.Module | None = None) -> RTDETR:
     """An `RTDETR` with a PResNet backbone (stages 1..3, strides 8/16/32), a `HybridEncoder` (AIFI on the last level)
     and an `RTDETRTransformer`. Defaults are RT-DETR-R50; `build_rtdetr(**RTDETR_CONFIGS['rtdetr_r18vd'])` etc. give
-    the official r18vd/r34vd/r50vd/r101vd models (hidden 256, 300 queries, 3 levels, 4 points, 8 heads)."""
-    backbone = PResNet(depth, variant, return_idx=[1, 2, 3], freeze_at=freeze_at, freeze_norm=freeze_norm)
+    the official r18vd/r34vd/r50vd/r101vd models (hidden 256, 300 queries, 3 levels, 4 points, 8 heads).
+    `backbone` replaces the PResNet (`depth`, `variant`, `freeze_*` are then unused): any module with `out_channels`
+    whose forward returns the three maps at strides 8, 16 and 32, such as `SmallConvPyramid`."""
+    if backbone is None:
+        backbone = PResNet(depth, variant, return_idx=[1, 2, 3], freeze_at=freeze_at, freeze_norm=freeze_norm)
     encoder = HybridEncoder(backbone.out_channels, [8, 16, 32], encoder_hidden_dim, encoder_nhead,
                             encoder_dim_feedforward, use_encoder_idx=[2], num_encoder_layers=num_encoder_layers,
                             expansion=expansion, depth_mult=depth_mult)
@@ -833,6 +837,27 @@ def build_rtdetr(num_classes: int = 80, depth: int = 50, variant: str = "d", fre
                                 box_noise_scale=box_noise_scale, learnt_init_query=learnt_init_query,
                                 eval_idx=eval_idx, aux_loss=aux_loss)
     return RTDETR(backbone, encoder, decoder, multi_scale)
+
+# %% ../nbs/13_rtdetr.ipynb #6399bb14
+SMALL_CNN_PYRAMID_CHANNELS = (32, 64, 96, 128, 128)   # stages at strides 2, 4, 8, 16, 32
+
+class SmallConvPyramid(nn.Module):
+    """Lesson 10's `SmallConvBackbone` with five stages of `channels` as RT-DETR's backbone. forward(x `(B, 3, H, W)`)
+    -> the last three stages' maps `(B, channels[k], H / s, W / s)` for s = 8, 16, 32; `out_channels` and
+    `out_strides` list them, as `PResNet`'s do. Plain BatchNorm (trained), no ImageNet start."""
+    def __init__(self, channels: tuple[int, ...] = SMALL_CNN_PYRAMID_CHANNELS):
+        super().__init__()
+        if len(channels) != 5:
+            raise ValueError(f"SmallConvPyramid: `channels` must give 5 stages (strides 2 to 32), got {list(channels)}")
+        self.body = SmallConvBackbone(channels).body      # 6 modules per stage: conv s2, BN, ReLU, conv, BN, ReLU
+        self.out_channels, self.out_strides = list(channels[2:]), [8, 16, 32]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        maps = []
+        for start in range(0, len(self.body), 6):
+            x = self.body[start:start + 6](x)
+            maps.append(x)
+        return maps[2:]
 
 # %% ../nbs/13_rtdetr.ipynb #4a538388
 from .criterion import SetCriterion, get_src_permutation_idx, get_num_boxes
@@ -979,20 +1004,24 @@ def rtdetr_multi_scale(size: int) -> list[int]:
                 ema_decay=0.9999, output_dir='runs/rtdetr')
 def build_rtdetr_training(cfg: TrainConfig) -> tuple[nn.Module, nn.Module, dict]:
     """RT-DETR (lesson 13) as the official rtdetr_r{N}vd configurations: `backbone` resnetN -> PResNet-N-vd (BatchNorm
-    frozen for 50/101 unless `backbone_batchnorm`), `hidden_dim`, `nheads`, `dim_feedforward` for encoder and decoder,
+    frozen for 50/101 unless `backbone_batchnorm`), or 'small_cnn' -> `SmallConvPyramid` with R18's layout, `hidden_dim`, `nheads`, `dim_feedforward` for encoder and decoder,
     `enc_layers` AIFI layers, `num_denoising` denoising queries (100 in the recipe), `dec_layers` decoder layers (R18: 3, R34: 4, R50/R101: 6), `num_queries`, multi-scale
     training at `rtdetr_multi_scale(max_size)` (or `scales`); `build_rtdetr_criterion` with `cfg`'s costs and weights;
     `RTDETRPostProcessor` keeping the best `max(100, num_queries)` query-class pairs. The recipe (`MODEL_DEFAULTS`)
     adds EMA 0.9999, 300 queries, 640-pixel inputs, cost_class 2; RT-DETR has no dropout and no ImageNet start here."""
-    if cfg.backbone.startswith('small_cnn'): raise ValueError(f"config `backbone`={cfg.backbone!r} has one feature level; rtdetr needs a ResNet")
+    if cfg.backbone == 'small_cnn_s8':
+        raise ValueError("config `backbone`='small_cnn_s8' has one feature level; rtdetr takes a ResNet or 'small_cnn'")
     if cfg.pretrained_backbone:
         raise ValueError("config `pretrained_backbone`: PResNet-vd has no torchvision ImageNet weights; start from an "
                          "official RT-DETR checkpoint with `rtdetr_from_official` instead")
     if cfg.dropout: raise ValueError(f"config `dropout` must be 0 for rtdetr (it trains without dropout), got {cfg.dropout}")
     scales = cfg.scales or rtdetr_multi_scale(cfg.max_size)
     if any(s % 32 for s in scales): raise ValueError(f"config `scales` must be multiples of 32 for rtdetr, got {scales}")
-    preset = dict(RTDETR_CONFIGS[f'rtdetr_r{cfg.backbone[len("resnet"):]}vd'])
-    if cfg.backbone_batchnorm: preset.update(freeze_at=-1, freeze_norm=False)
+    if cfg.backbone == 'small_cnn':   # lesson 10's small CNN, five stages, with R18's encoder and decoder layout
+        preset = dict(RTDETR_CONFIGS['rtdetr_r18vd'], backbone=SmallConvPyramid())
+    else:
+        preset = dict(RTDETR_CONFIGS[f'rtdetr_r{cfg.backbone[len("resnet"):]}vd'])
+        if cfg.backbone_batchnorm: preset.update(freeze_at=-1, freeze_norm=False)
     preset.update(encoder_hidden_dim=cfg.hidden_dim, hidden_dim=cfg.hidden_dim, encoder_nhead=cfg.nheads, nhead=cfg.nheads,
                   encoder_dim_feedforward=cfg.dim_feedforward, dim_feedforward=cfg.dim_feedforward,
                   num_encoder_layers=cfg.enc_layers, num_decoder_layers=cfg.dec_layers, num_queries=cfg.num_queries,
