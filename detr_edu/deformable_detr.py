@@ -18,14 +18,15 @@ from .transformer import MultiheadAttention, with_pos_embed, _get_activation_fn,
 from .detr import (MLP, as_nested_tensor, count_indices, resnet_from_state_dict, decide_dilation,
                            read_checkpoint, load_checked, check_state_dict)
 from .ms_deform_attn import MSDeformAttn, spatial_shape_list
-from .recipes import TrainConfig, register_model, register_init_reader, use_trainable_batchnorm
+from .recipes import TrainConfig, register_model, register_init_reader, use_trainable_batchnorm, SmallConvBackbone
 
 # %% auto #0
-__all__ = ['inverse_sigmoid', 'refine_boxes', 'build_multiscale_backbone', 'get_valid_ratio', 'flatten_levels',
-           'get_reference_points', 'DeformableTransformerEncoderLayer', 'DeformableTransformerEncoder',
-           'DeformableTransformerDecoderLayer', 'DeformableTransformerDecoder', 'encoder_output_proposals',
-           'get_proposal_pos_embed', 'DeformableTransformer', 'DeformableDETR', 'DeformablePostProcess',
-           'build_deformable_detr', 'deformable_weight_dict', 'build_deformable_criterion', 'deformable_param_groups',
+__all__ = ['SMALL_CNN_PYRAMID_CHANNELS', 'inverse_sigmoid', 'refine_boxes', 'SmallConvPyramid', 'MaskedPyramid',
+           'build_multiscale_backbone', 'get_valid_ratio', 'flatten_levels', 'get_reference_points',
+           'DeformableTransformerEncoderLayer', 'DeformableTransformerEncoder', 'DeformableTransformerDecoderLayer',
+           'DeformableTransformerDecoder', 'encoder_output_proposals', 'get_proposal_pos_embed',
+           'DeformableTransformer', 'DeformableDETR', 'DeformablePostProcess', 'build_deformable_detr',
+           'deformable_weight_dict', 'build_deformable_criterion', 'deformable_param_groups',
            'infer_deformable_detr_config', 'deformable_detr_from_official', 'build_deformable_detr_training',
            'read_official_deformable_detr']
 
@@ -48,6 +49,42 @@ def refine_boxes(delta: Tensor, reference: Tensor) -> Tensor:
         raise ValueError(f"refine_boxes: `reference` must end in 2 (centre) or 4 (box), got shape {tuple(reference.shape)}")
     return torch.cat([delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]], dim=-1).sigmoid()
 
+# %% ../nbs/12_deformable_detr.ipynb #1cee9ed6
+SMALL_CNN_PYRAMID_CHANNELS = (32, 64, 96, 128, 128)   # stages at strides 2, 4, 8, 16, 32
+
+class SmallConvPyramid(nn.Module):
+    """Lesson 10's `SmallConvBackbone` with five stages of `channels`. forward(x `(B, 3, H, W)`) -> the last three
+    stages' maps `(B, channels[k], H / s, W / s)` for s = 8, 16, 32 (sizes rounded up); `out_channels` and
+    `out_strides` list them. Plain BatchNorm (trained), no ImageNet start."""
+    def __init__(self, channels: tuple[int, ...] = SMALL_CNN_PYRAMID_CHANNELS):
+        super().__init__()
+        if len(channels) != 5:
+            raise ValueError(f"SmallConvPyramid: `channels` must give 5 stages (strides 2 to 32), got {list(channels)}")
+        self.body = SmallConvBackbone(channels).body      # 6 modules per stage: conv s2, BN, ReLU, conv, BN, ReLU
+        self.out_channels, self.out_strides = list(channels[2:]), [8, 16, 32]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        maps = []
+        for start in range(0, len(self.body), 6):
+            x = self.body[start:start + 6](x)
+            maps.append(x)
+        return maps[2:]
+
+class MaskedPyramid(nn.Module):
+    """A backbone for `Joiner`: forward(NestedTensor `(B, 3, H, W)` with mask) -> `{'0': NestedTensor(map, mask), ...}`
+    for the last `levels` maps of `pyramid` (a module returning a list of maps, with `out_channels`, `out_strides`),
+    each mask the input mask downsampled to its map. `strides` and `num_channels` list the levels returned."""
+    def __init__(self, pyramid: nn.Module, levels: int = 3):
+        super().__init__()
+        self.pyramid, self.levels = pyramid, levels
+        self.strides, self.num_channels = list(pyramid.out_strides[-levels:]), list(pyramid.out_channels[-levels:])
+
+    def forward(self, tensor_list: NestedTensor) -> dict[str, NestedTensor]:
+        if not isinstance(tensor_list, NestedTensor) or tensor_list.mask is None:
+            raise TypeError(f"MaskedPyramid.forward: `tensor_list` must be a NestedTensor with a mask, got {type(tensor_list).__name__}")
+        maps = self.pyramid(tensor_list.tensors)[-self.levels:]
+        return {str(i): NestedTensor(m, downsample_mask(tensor_list.mask, m.shape[-2:])) for i, m in enumerate(maps)}
+
 # %% ../nbs/12_deformable_detr.ipynb #046a2aec
 def build_multiscale_backbone(backbone: str = "resnet50", hidden_dim: int = 256, num_feature_levels: int = 4,
                               lr_backbone: float = 2e-5, dilation: bool = False, pretrained: bool = False) -> Joiner:
@@ -56,8 +93,15 @@ def build_multiscale_backbone(backbone: str = "resnet50", hidden_dim: int = 256,
 
     With `num_feature_levels > 1` it returns `layer2, layer3, layer4` as `'0', '1', '2'` (strides 8, 16, 32), else
     `layer4` only. The result has lists `strides` and `num_channels` (e.g. `[512, 1024, 2048]` for resnet50,
-    `[128, 256, 512]` for resnet18); `dilation=True` halves the last stride."""
+    `[128, 256, 512]` for resnet18); `dilation=True` halves the last stride. `backbone='small_cnn'` takes
+    `SmallConvPyramid` instead (trained from scratch, strides 8, 16, 32, no dilation)."""
     multi = num_feature_levels > 1
+    if backbone == "small_cnn":
+        if dilation: raise ValueError("build_multiscale_backbone: `dilation` needs a ResNet, not 'small_cnn'")
+        body = MaskedPyramid(SmallConvPyramid(), levels=3 if multi else 1)
+        joiner = Joiner(body, PositionEmbeddingSine(hidden_dim // 2, normalize=True, offset=-0.5))
+        joiner.strides, joiner.num_channels = body.strides, body.num_channels
+        return joiner
     body = Backbone(backbone, lr_backbone > 0, return_interm_layers=multi, dilation=dilation, pretrained=pretrained)
     c = body.num_channels                                    # channels of layer4: 512 or 2048
     if multi:  # same ResNet children (same state-dict keys), other outputs
@@ -677,11 +721,12 @@ def deformable_detr_from_official(checkpoint, nheads: int | None = None, **overr
 @register_model('deformable_detr', lr=2e-4, lr_backbone=2e-5, dim_feedforward=1024, num_queries=300, epochs=50, lr_drop=40,
                 output_dir='runs/deformable_detr')
 def build_deformable_detr_training(cfg: TrainConfig) -> tuple[nn.Module, nn.Module, dict]:
-    """Deformable DETR (lesson 12) on a multi-scale ResNet with the model settings of `cfg`, its focal-loss criterion
-    (`build_deformable_criterion`: classification cost and weight 2, as the official recipe; box costs and weights from
-    `cfg`) and `DeformablePostProcess`. `hidden_dim` must be a multiple of 32. The recipe (`MODEL_DEFAULTS`) is the
+    """Deformable DETR (lesson 12) on a multi-scale ResNet (or `SmallConvPyramid` for 'small_cnn') with the model
+    settings of `cfg`, its focal-loss criterion (`build_deformable_criterion`: classification cost and weight 2, as the
+    official recipe; box costs and weights from `cfg`) and `DeformablePostProcess`. `hidden_dim` must be a multiple of 32. The recipe (`MODEL_DEFAULTS`) is the
     official one: lr 2e-4 (backbone 2e-5), feed-forward 1024, 300 queries, 50 epochs with the drop after 40."""
-    if cfg.backbone.startswith('small_cnn'): raise ValueError(f"config `backbone`={cfg.backbone!r} has one feature level; deformable_detr needs a ResNet")
+    if cfg.backbone == 'small_cnn_s8':
+        raise ValueError("config `backbone`='small_cnn_s8' has one feature level; deformable_detr takes a ResNet or 'small_cnn'")
     model = build_deformable_detr(cfg.num_classes, backbone=cfg.backbone, hidden_dim=cfg.hidden_dim, nheads=cfg.nheads,
                                   enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers, dim_feedforward=cfg.dim_feedforward,
                                   dropout=cfg.dropout, num_queries=cfg.num_queries, aux_loss=cfg.aux_loss,

@@ -17,21 +17,20 @@ from .box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from .detr import MLP, read_checkpoint, load_checked
 from .transformer import (MultiheadAttention, TransformerEncoderLayer, TransformerEncoder,
                                   merge_heads, with_pos_embed, _get_clones)
-from .deformable_detr import inverse_sigmoid
+from .deformable_detr import inverse_sigmoid, SmallConvPyramid
 from .ms_deform_attn import MSDeformAttn
 from .matcher import _check_targets
-from .recipes import TrainConfig, register_model, register_init_reader, SmallConvBackbone
+from .recipes import TrainConfig, register_model, register_init_reader
 
 # %% auto #0
-__all__ = ['RESNET_BLOCKS', 'RTDETR_CONFIGS', 'SMALL_CNN_PYRAMID_CHANNELS', 'get_activation', 'ConvNormLayer', 'BasicBlock',
-           'BottleNeck', 'Blocks', 'PResNet', 'fuse_conv_bn', 'RepVggBlock', 'CSPRepLayer',
-           'build_2d_sincos_position_embedding', 'HybridEncoder', 'generate_anchors', 'select_topk',
-           'denoising_attn_mask', 'get_contrastive_denoising_training_group', 'MaskedMultiheadAttention',
-           'RTDETRDecoderLayer', 'RTDETRDecoder', 'bias_init_with_prob', 'RTDETRTransformer', 'RTDETR',
-           'RTDETRPostProcessor', 'build_rtdetr', 'SmallConvPyramid', 'varifocal_loss', 'get_cdn_matched_indices',
-           'RTDETRCriterion', 'rtdetr_weight_dict', 'build_rtdetr_criterion', 'make_rtdetr_transforms',
-           'rtdetr_transforms', 'rtdetr_multi_scale', 'build_rtdetr_training', 'score_iou_pairs', 'infer_rtdetr_config',
-           'rtdetr_from_official', 'read_official_rtdetr']
+__all__ = ['RESNET_BLOCKS', 'RTDETR_CONFIGS', 'get_activation', 'ConvNormLayer', 'BasicBlock', 'BottleNeck', 'Blocks', 'PResNet',
+           'fuse_conv_bn', 'RepVggBlock', 'CSPRepLayer', 'build_2d_sincos_position_embedding', 'HybridEncoder',
+           'generate_anchors', 'select_topk', 'denoising_attn_mask', 'get_contrastive_denoising_training_group',
+           'MaskedMultiheadAttention', 'RTDETRDecoderLayer', 'RTDETRDecoder', 'bias_init_with_prob',
+           'RTDETRTransformer', 'RTDETR', 'RTDETRPostProcessor', 'build_rtdetr', 'varifocal_loss',
+           'get_cdn_matched_indices', 'RTDETRCriterion', 'rtdetr_weight_dict', 'build_rtdetr_criterion',
+           'make_rtdetr_transforms', 'rtdetr_transforms', 'rtdetr_multi_scale', 'build_rtdetr_training',
+           'score_iou_pairs', 'infer_rtdetr_config', 'rtdetr_from_official', 'read_official_rtdetr']
 
 # %% ../nbs/13_rtdetr.ipynb #2f2ad715
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
@@ -837,27 +836,6 @@ def build_rtdetr(num_classes: int = 80, depth: int = 50, variant: str = "d", fre
                                 box_noise_scale=box_noise_scale, learnt_init_query=learnt_init_query,
                                 eval_idx=eval_idx, aux_loss=aux_loss)
     return RTDETR(backbone, encoder, decoder, multi_scale)
-
-# %% ../nbs/13_rtdetr.ipynb #6399bb14
-SMALL_CNN_PYRAMID_CHANNELS = (32, 64, 96, 128, 128)   # stages at strides 2, 4, 8, 16, 32
-
-class SmallConvPyramid(nn.Module):
-    """Lesson 10's `SmallConvBackbone` with five stages of `channels` as RT-DETR's backbone. forward(x `(B, 3, H, W)`)
-    -> the last three stages' maps `(B, channels[k], H / s, W / s)` for s = 8, 16, 32; `out_channels` and
-    `out_strides` list them, as `PResNet`'s do. Plain BatchNorm (trained), no ImageNet start."""
-    def __init__(self, channels: tuple[int, ...] = SMALL_CNN_PYRAMID_CHANNELS):
-        super().__init__()
-        if len(channels) != 5:
-            raise ValueError(f"SmallConvPyramid: `channels` must give 5 stages (strides 2 to 32), got {list(channels)}")
-        self.body = SmallConvBackbone(channels).body      # 6 modules per stage: conv s2, BN, ReLU, conv, BN, ReLU
-        self.out_channels, self.out_strides = list(channels[2:]), [8, 16, 32]
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        maps = []
-        for start in range(0, len(self.body), 6):
-            x = self.body[start:start + 6](x)
-            maps.append(x)
-        return maps[2:]
 
 # %% ../nbs/13_rtdetr.ipynb #4a538388
 from .criterion import SetCriterion, get_src_permutation_idx, get_num_boxes

@@ -17,12 +17,12 @@ SHIPPED = sorted(SHIPPED_MODELS.glob('shapes_*.pth'))
 
 
 def test_shipped_models_are_small():
-    assert {p.stem for p in SHIPPED} >= {'shapes_demo', 'shapes_detr', 'shapes_rtdetr'}
+    assert {p.stem for p in SHIPPED} >= {'shapes_demo', 'shapes_detr', 'shapes_rtdetr', 'shapes_deformable'}
     for p in SHIPPED: assert p.stat().st_size <= 4 * 2 ** 20, p
     assert sum(p.stat().st_size for p in SHIPPED_MODELS.glob('*')) <= 16 * 2 ** 20
 
 
-@pytest.mark.parametrize('name', ['shapes_demo', 'shapes_detr', 'shapes_rtdetr'])
+@pytest.mark.parametrize('name', ['shapes_demo', 'shapes_detr', 'shapes_rtdetr', 'shapes_deformable'])
 def test_shipped_model_matches_its_recorded_val_stats(name):
     path = shipped_model_path(name)
     ck = torch.load(path, weights_only=True)
@@ -47,11 +47,12 @@ def test_demo_model_holds_on_images_it_never_saw(tmp_path):
     assert fresh['AP50'] > detr['AP50'] + 0.1                # the fixes are what make it better, on new images too
 
 
-def test_small_rtdetr_holds_on_images_it_never_saw(tmp_path):
-    """The shipped RT-DETR on the small CNN (lesson 13's multi-scale model) on a fresh split: close to its val AP, and
-    ahead of the shipped demo model there, as it is on the val split."""
+@pytest.mark.parametrize('name', ['shapes_rtdetr', 'shapes_deformable'])
+def test_multiscale_models_hold_on_images_they_never_saw(tmp_path, name):
+    """The shipped RT-DETR and Deformable DETR on the small CNN (lessons 12-13's multi-scale models) on a fresh split:
+    close to their val AP, and ahead of the shipped demo model there, as they are on the val split."""
     make_shapes_dataset(tmp_path / 'fresh', n_train=1, n_val=60, seed=2027)
-    path = shipped_model_path('shapes_rtdetr')
+    path = shipped_model_path(name)
     recorded = torch.load(path, weights_only=True)['stats']
     assert config_from_checkpoint(path)[0].backbone == 'small_cnn'
     kw = dict(data_path=str(tmp_path / 'fresh'), num_workers=0, batch_size=16, progress=False)
@@ -93,21 +94,22 @@ def test_settings_other_families_would_ignore_are_refused():
         build_model(make_config(model='fast_detr', num_classes=7, backbone='small_cnn', anchors=True, num_denoising=10))
 
 
-def test_small_rtdetr_trains_and_resumes(tmp_path):
-    """RT-DETR on lesson 13's `SmallConvPyramid` (`backbone='small_cnn'`, the shipped shapes_rtdetr's model) through
-    `train`: two tiny epochs, resumed exactly from the first; the one-level `small_cnn_s8` is refused."""
-    from detr_edu.rtdetr import RTDETR, SmallConvPyramid
+@pytest.mark.parametrize('family', ['rtdetr', 'deformable_detr'])
+def test_small_multiscale_models_train_and_resume(tmp_path, family):
+    """RT-DETR and Deformable DETR on lesson 12's `SmallConvPyramid` (`backbone='small_cnn'`, the shipped models'
+    backbone) through `train`: two tiny epochs, resumed exactly from the first; the one-level `small_cnn_s8` is refused."""
+    from detr_edu.deformable_detr import SmallConvPyramid
     make_shapes_dataset(tmp_path / 'shapes', n_train=8, n_val=4, seed=0, image_size=(64, 64))
-    settings = dict(model='rtdetr', backbone='small_cnn', data_path=str(tmp_path / 'shapes'), hidden_dim=32, nheads=4,
-                    enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=5, num_denoising=10, batch_size=4,
-                    max_size=64, crop_prob=0.0, ema_decay=0.9, ema_warmups=2, num_workers=0, lr=1e-3, lr_backbone=1e-3,
-                    progress=False, device='cpu')
+    settings = dict(model=family, backbone='small_cnn', data_path=str(tmp_path / 'shapes'), hidden_dim=32, nheads=4,
+                    enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=5, batch_size=4, max_size=64,
+                    crop_prob=0.0, ema_decay=0.9, ema_warmups=2, num_workers=0, lr=1e-3, lr_backbone=1e-3,
+                    progress=False, device='cpu', **({'num_denoising': 10} if family == 'rtdetr' else {}))
     full = train(**settings, epochs=2, output_dir=str(tmp_path / 'full'))
-    assert isinstance(full['model'], RTDETR) and isinstance(full['model'].backbone, SmallConvPyramid)
+    assert any(isinstance(m, SmallConvPyramid) for m in full['model'].backbone.modules())
     assert len(full['history']) == 2 and 'test_AP50' in full['history'][-1]
     train(**settings, epochs=1, output_dir=str(tmp_path / 'split'))
     resumed = train(**settings, epochs=2, output_dir=str(tmp_path / 'split'), resume=str(tmp_path / 'split/checkpoint.pth'))
     for (k, a), b in zip(full['model'].state_dict().items(), resumed['model'].state_dict().values()):
         assert torch.equal(a, b), k
     with pytest.raises(ValueError, match="small_cnn_s8"):
-        build_model(make_config(model='rtdetr', num_classes=6, backbone='small_cnn_s8'))
+        build_model(make_config(model=family, num_classes=6, backbone='small_cnn_s8'))
