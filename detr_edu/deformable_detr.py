@@ -718,19 +718,21 @@ def deformable_detr_from_official(checkpoint, nheads: int | None = None, **overr
     return load_checked(model, sd, "deformable_detr_from_official")
 
 # %% ../nbs/12_deformable_detr.ipynb #07da1e56
-@register_model('deformable_detr', lr=2e-4, lr_backbone=2e-5, dim_feedforward=1024, num_queries=300, epochs=50, lr_drop=40,
-                output_dir='runs/deformable_detr')
+@register_model('deformable_detr', options=('box_refine', 'two_stage'), lr=2e-4, lr_backbone=2e-5, dim_feedforward=1024,
+                num_queries=300, epochs=50, lr_drop=40, output_dir='runs/deformable_detr')
 def build_deformable_detr_training(cfg: TrainConfig) -> tuple[nn.Module, nn.Module, dict]:
     """Deformable DETR (lesson 12) on a multi-scale ResNet (or `SmallConvPyramid` for 'small_cnn') with the model
     settings of `cfg`, its focal-loss criterion (`build_deformable_criterion`: classification cost and weight 2, as the
-    official recipe; box costs and weights from `cfg`) and `DeformablePostProcess`. `hidden_dim` must be a multiple of 32. The recipe (`MODEL_DEFAULTS`) is the
+    official recipe; box costs and weights from `cfg`) and `DeformablePostProcess`; `box_refine` and `two_stage`
+    switch on the variants. `hidden_dim` must be a multiple of 32. The recipe (`MODEL_DEFAULTS`) is the
     official one: lr 2e-4 (backbone 2e-5), feed-forward 1024, 300 queries, 50 epochs with the drop after 40."""
     if cfg.backbone == 'small_cnn_s8':
         raise ValueError("config `backbone`='small_cnn_s8' has one feature level; deformable_detr takes a ResNet or 'small_cnn'")
     model = build_deformable_detr(cfg.num_classes, backbone=cfg.backbone, hidden_dim=cfg.hidden_dim, nheads=cfg.nheads,
                                   enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers, dim_feedforward=cfg.dim_feedforward,
                                   dropout=cfg.dropout, num_queries=cfg.num_queries, aux_loss=cfg.aux_loss,
-                                  lr_backbone=cfg.lr_backbone, pretrained_backbone=cfg.pretrained_backbone)
+                                  lr_backbone=cfg.lr_backbone, pretrained_backbone=cfg.pretrained_backbone,
+                                  with_box_refine=cfg.box_refine, two_stage=cfg.two_stage)
     if cfg.backbone_batchnorm: use_trainable_batchnorm(model.backbone)
     criterion, postprocessors = build_deformable_criterion(
         cfg.num_classes, cfg.dec_layers, cfg.aux_loss, set_cost_bbox=cfg.set_cost_bbox, set_cost_giou=cfg.set_cost_giou,
@@ -742,13 +744,14 @@ def build_deformable_detr_training(cfg: TrainConfig) -> tuple[nn.Module, nn.Modu
 def read_official_deformable_detr(checkpoint: dict):
     """fundamentalvision/Deformable-DETR checkpoints (`{'model': state_dict, 'args': Namespace}` or the bare state dict)
     for `init_from`: the `TrainConfig` settings of the model (`infer_deformable_detr_config`) and its state dict.
-    None for other formats; `ValueError` for the variants `detr-edu train` does not build."""
+    None for other formats; `ValueError` for a dilated backbone, which `detr-edu train` does not build."""
     sd, args, _ = read_checkpoint(checkpoint, 'read_official_deformable_detr')
     try: arch = infer_deformable_detr_config(sd, nheads=int(getattr(args, 'nheads', 8)))
     except KeyError: return None
-    variants = [k for k in ('with_box_refine', 'two_stage') if arch[k]] + (['dilation'] if getattr(args, 'dilation', False) else [])
-    if variants:
-        raise ValueError(f"init_from: this Deformable DETR uses {variants}; detr-edu train builds the plain model "
-                         f"(no box refinement, one stage, no dilation)")
+    if getattr(args, 'dilation', False):
+        raise ValueError("init_from: this Deformable DETR has a dilated backbone (DC5); detr-edu train builds the "
+                         "undilated one")
+    arch.setdefault('num_queries', int(getattr(args, 'num_queries', 300)))   # two-stage: proposals kept, from its args
     keep = ('backbone', 'hidden_dim', 'nheads', 'enc_layers', 'dec_layers', 'dim_feedforward', 'num_queries', 'num_classes')
-    return {'model': 'deformable_detr', **{k: arch[k] for k in keep}}, sd
+    return {'model': 'deformable_detr', **{k: arch[k] for k in keep}, 'box_refine': arch['with_box_refine'],
+            'two_stage': arch['two_stage']}, sd

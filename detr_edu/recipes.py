@@ -40,7 +40,8 @@ MODELS: dict[str, Callable] = {}
 MODEL_DEFAULTS: dict[str, dict] = {}      # a family's own recipe: settings that differ from DETR's
 MODEL_TRANSFORMS: dict[str, Callable] = {}
 MODEL_OPTIONS: dict[str, tuple[str, ...]] = {}   # the OPTIONAL_SETTINGS each family understands
-OPTIONAL_SETTINGS = ('class_loss', 'anchors', 'num_denoising', 'num_groups', 'query_selection')   # lesson 15's fixes
+OPTIONAL_SETTINGS = ('class_loss', 'anchors', 'num_denoising', 'num_groups', 'query_selection',   # lesson 15's fixes
+                     'box_refine', 'two_stage')                                                     # lesson 12's
 
 def register_model(name: str, transforms: Callable | None = None, options: Sequence[str] = (), **defaults):
     """Decorator: add `builder(cfg) -> (model, criterion, postprocessors)` to `MODELS` under `name`, a `--model` choice.
@@ -83,13 +84,15 @@ class TrainConfig:
     dropout: float = _opt(0.1, 'dropout in the transformer', float)
     num_queries: int = _opt(100, 'object queries = detections per image', int)
     patch_size: int = _opt(16, 'YOLOS: side of the square image patches that become tokens', int)
-    # what makes DETR converge faster (lesson 15); all off = DETR
+    # what makes DETR converge faster (lessons 12 and 15); all off = DETR
     class_loss: str = _opt('softmax', "classification loss: 'softmax' cross-entropy with a no-object class (DETR), sigmoid "
                            "'focal' loss (Deformable DETR) or IoU-aware 'varifocal' (RT-DETR)", str, ('softmax', 'focal', 'varifocal'))
     anchors: bool = _opt(False, 'queries are learnable anchor boxes (cx, cy, w, h), refined layer by layer (DAB-DETR)', bool)
     num_denoising: int = _opt(0, 'denoising queries in training: noised copies of the ground truth (DN-DETR, DINO; RT-DETR uses 100)', int)
     num_groups: int = _opt(1, 'groups of queries in training, each matched one-to-one (Group DETR); one group at inference', int)
     query_selection: bool = _opt(False, "anchors from the encoder's top-scoring tokens, content learned (DINO's mixed query selection)", bool)
+    box_refine: bool = _opt(False, "each decoder layer refines the boxes of the layer before with its own heads (Deformable DETR's iterative box refinement)", bool)
+    two_stage: bool = _opt(False, "queries start from the encoder's best-scored proposals (Deformable DETR's two-stage; needs box_refine)", bool)
     aux_loss: bool = _opt(True, 'add the loss of every decoder layer (auxiliary decoding losses)', bool)
     # matcher and loss
     set_cost_class: float = _opt(1.0, 'class weight in the matching cost', float)
@@ -159,6 +162,8 @@ def make_config(config: TrainConfig | Mapping | None = None, **overrides) -> Tra
         if name in base and base[name] != known[name].default and name not in MODEL_OPTIONS.get(model, ()):
             users = sorted(m for m, opts in MODEL_OPTIONS.items() if name in opts)
             raise ValueError(f"config `{name}`={base[name]!r}: model {model!r} does not use it (models that do: {users})")
+    if base.get('two_stage') and not base.get('box_refine'):
+        raise ValueError("config `two_stage`=True needs `box_refine`=True (the proposals are scored by the last layer's head)")
     if base.get('hidden_dim', 256) % base.get('nheads', 8):
         raise ValueError(f"config `hidden_dim` ({base['hidden_dim']}) must be divisible by `nheads` ({base['nheads']})")
     return TrainConfig(**base)
