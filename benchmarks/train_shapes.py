@@ -226,7 +226,8 @@ RECORDED_DEFORMABLE_SMALL_PLAIN = [
 # scripts/make_shapes_models.py (`DEFORMABLE_SMALL_ARGS`): 696 s (11.6 minutes) to AP50 0.843 / AP 0.633, and 0.819 /
 # 0.616 after 10 minutes (epoch 19). The best model of any family here at equal time: the encoder's proposals as
 # queries and boxes refined layer by layer move Deformable DETR from AP 0.43 to 0.63, past RT-DETR's 0.51.
-# data/models/shapes_deformable.pth is this run's last epoch.
+# data/models/shapes_deformable.pth is this run's last epoch. Tried next, on the val split, to fit the 10 minutes: 50
+# queries (proposals) and 20 epochs with the drop after 16 reached 0.803 / 0.596 at 591 s, worse than this run at 10 minutes.
 RECORDED_DEFORMABLE_SMALL = [
     (0, 27, 45, 12.130, 9.536, 0.093, 0.021),
     (1, 25, 43, 8.483, 7.645, 0.173, 0.066),
@@ -358,6 +359,30 @@ def recorded_table(recorded=RECORDED) -> str:
     return '\n'.join(rows)
 
 
+# The multi-scale families on the small CNN, same data, size, width and 2 free cores: lesson 15 draws their curves
+# against wall time from data/results/shapes_multiscale.json, which `--write_multiscale` writes from these records.
+MULTISCALE_RUNS = [   # (name, records, shipped model or None)
+    ('RT-DETR', RECORDED_RTDETR_SMALL, 'shapes_rtdetr'),
+    ('Deformable DETR', RECORDED_DEFORMABLE_SMALL_PLAIN, None),
+    ('Deformable DETR + box refinement + two stages', RECORDED_DEFORMABLE_SMALL, 'shapes_deformable'),
+]
+
+
+def multiscale_record() -> dict:
+    """The MULTISCALE_RUNS as `{'note', 'rows': [{'name', 'shipped', 'epochs': [{'epoch', 'elapsed' (wall s since the
+    start, train + eval), 'train_cpu_time', 'AP50', 'AP'}]}]}`."""
+    rows = []
+    for name, records, shipped in MULTISCALE_RUNS:
+        elapsed, epochs = 0, []
+        for e, wall, cpu, _, _, ap50, ap in records:
+            elapsed += wall
+            epochs.append({'epoch': e, 'elapsed': elapsed, 'train_cpu_time': cpu, 'AP50': ap50, 'AP': ap})
+        rows.append({'name': name, 'shipped': shipped, 'epochs': epochs})
+    return {'note': 'recorded 2026-12-03 (RT-DETR) and 2026-12-07 (Deformable DETR) on an otherwise idle 2-core machine, '
+                    'one run at a time, 2 threads; the commands are in scripts/make_shapes_models.py (plain Deformable DETR: '
+                    'the same without --box_refine --two_stage)', 'rows': rows}
+
+
 def table(history: list[dict]) -> str:
     rows = ['| epoch | wall time (s) | CPU (s) | it/s (wall) | it/s (CPU) | 2-core estimate (s) | train loss | val loss | AP50 | AP |',
             '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
@@ -387,10 +412,13 @@ def main(argv=None):
     p.add_argument('--jobs', type=int, default=2, help='--ladder: rows trained side by side, one thread each (default 2)')
     p.add_argument('--json', default=str(ROOT / 'data/results/shapes_ladder.json'), help='--ladder: where to write the records')
     p.add_argument('--ladder_row', type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument('--write_multiscale', metavar='PATH', help='write the multi-scale records (MULTISCALE_RUNS) as JSON to PATH and exit')
     args = p.parse_args(argv)
     if args.ladder_row is not None:                      # one row, in its own process (started by --ladder)
         from detr_edu.engine import train
         train(**ladder_settings(args.ladder_row, args.epochs, args.output_dir)); return
+    if args.write_multiscale:
+        Path(args.write_multiscale).write_text(json.dumps(multiscale_record(), indent=1) + '\n'); return
     if args.ladder:
         rows = args.rows if args.rows is not None else list(range(len(LADDER)))
         result = run_ladder(args.epochs or 8, args.output_dir, rows, args.jobs, args.json)
