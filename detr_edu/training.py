@@ -21,13 +21,14 @@ from tqdm import tqdm
 from .detr import check_state_dict
 
 # %% auto #0
-__all__ = ['AMP_MODES', 'COCO_STAT_NAMES', 'is_dist_avail_and_initialized', 'get_world_size', 'get_rank', 'is_main_process',
-           'init_distributed_mode', 'reduce_dict', 'all_gather_object', 'SmoothedValue', 'MetricLogger', 'unwrap_model',
-           'build_optimizer', 'build_lr_scheduler', 'get_rng_state', 'set_rng_state', 'atomic_save', 'to_plain',
-           'checkpoint_weights', 'save_checkpoint', 'load_checkpoint', 'save_compact_checkpoint', 'autocast',
-           'make_grad_scaler', 'outputs_to_float', 'forward_takes_targets', 'train_one_epoch', 'ModelEMA',
-           'detections_to_coco', 'coco_evaluate', 'coco_stats', 'get_coco_api_from_dataset', 'evaluate', 'append_jsonl',
-           'read_jsonl', 'plot_history', 'find_generators', 'fit', 'atomic_write_text']
+__all__ = ['AMP_MODES', 'COCO_STAT_NAMES', 'RUN_FILES', 'is_dist_avail_and_initialized', 'get_world_size', 'get_rank',
+           'is_main_process', 'init_distributed_mode', 'reduce_dict', 'all_gather_object', 'SmoothedValue',
+           'MetricLogger', 'unwrap_model', 'build_optimizer', 'build_lr_scheduler', 'get_rng_state', 'set_rng_state',
+           'atomic_save', 'to_plain', 'checkpoint_weights', 'save_checkpoint', 'load_checkpoint',
+           'save_compact_checkpoint', 'autocast', 'make_grad_scaler', 'outputs_to_float', 'forward_takes_targets',
+           'train_one_epoch', 'ModelEMA', 'detections_to_coco', 'coco_evaluate', 'coco_stats',
+           'get_coco_api_from_dataset', 'evaluate', 'append_jsonl', 'read_jsonl', 'plot_history', 'find_generators',
+           'fit', 'atomic_write_text']
 
 # %% ../nbs/09_training.ipynb #f18b4acf
 def is_dist_avail_and_initialized() -> bool:
@@ -621,6 +622,19 @@ def _set_epoch(data_loader, epoch: int):
     for obj in (getattr(data_loader, 'sampler', None), getattr(getattr(data_loader, 'batch_sampler', None), 'sampler', None)):
         if hasattr(obj, 'set_epoch'): obj.set_epoch(epoch)
 
+RUN_FILES = ('metrics.jsonl', 'checkpoint.pth', 'loss_curve.png')   # what `fit` writes into a run folder
+
+def _keep_previous_run(run_dir: Path, verbose: bool = True):
+    "Move an earlier run's `RUN_FILES` in `run_dir` to `run_dir/previous/` (one generation is kept)."
+    found = [n for n in RUN_FILES if (run_dir / n).exists()]
+    if not found: return
+    keep = run_dir / 'previous'
+    keep.mkdir(parents=True, exist_ok=True)
+    for n in RUN_FILES:
+        if (keep / n).exists(): (keep / n).unlink()
+    for n in found: os.replace(run_dir / n, keep / n)
+    if verbose: print(f"{os.fspath(run_dir)!r} held an earlier run: its {', '.join(found)} are now in {os.fspath(keep)!r}")
+
 def fit(model: nn.Module, criterion: nn.Module, data_loader_train, optimizer: torch.optim.Optimizer, lr_scheduler=None,
         epochs: int = 1, device: str | torch.device = 'cpu', run_dir: str | os.PathLike | None = None,
         data_loader_val=None, postprocessors=None, base_ds=None, max_norm: float = 0.1, resume: str | os.PathLike | bool | None = None,
@@ -635,7 +649,9 @@ def fit(model: nn.Module, criterion: nn.Module, data_loader_train, optimizer: to
     `resume`: a checkpoint path, or True for `run_dir/checkpoint.pth`. `max_iters` caps the batches per epoch (for demos).
     `ema`: a `ModelEMA` of `model`, updated every step, evaluated instead of `model` and saved in the checkpoint.
     `amp` ('off', 'bf16', 'fp16') and `accum_steps` go to `train_one_epoch`; fp16's loss scaler (`make_grad_scaler`)
-    is made here and saved in and restored from the checkpoint with everything else.
+    is made here and saved in and restored from the checkpoint with everything else. A new run (no `resume`) in a
+    `run_dir` that holds an earlier run's files first moves them to `run_dir/previous/` (replacing what was there), so
+    the two runs' records never mix and the earlier checkpoint is kept.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: `epochs` must be a positive int, got {epochs!r}")
@@ -659,6 +675,8 @@ def fit(model: nn.Module, criterion: nn.Module, data_loader_train, optimizer: to
             atomic_write_text(run_dir / 'metrics.jsonl', ''.join(json.dumps(r) + '\n' for r in history))
             elapsed = history[-1].get('elapsed', 0.0) if history else 0.0
         if verbose and is_main_process(): print(f"resumed from {os.fspath(resume)!r} at epoch {start_epoch}")
+    elif run_dir is not None and is_main_process():
+        _keep_previous_run(run_dir, verbose)
     for epoch in range(start_epoch, epochs):
         t0, cpu0 = time.time(), time.process_time()
         _set_epoch(data_loader_train, epoch)
