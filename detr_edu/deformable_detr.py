@@ -97,7 +97,9 @@ def build_multiscale_backbone(backbone: str = "resnet50", hidden_dim: int = 256,
     `SmallConvPyramid` instead (trained from scratch, strides 8, 16, 32, no dilation)."""
     multi = num_feature_levels > 1
     if backbone == "small_cnn":
-        if dilation: raise ValueError("build_multiscale_backbone: `dilation` needs a ResNet, not 'small_cnn'")
+        if dilation or pretrained:
+            raise ValueError("build_multiscale_backbone: `dilation` and `pretrained` need a ResNet; 'small_cnn' is "
+                             "trained from scratch at strides 8, 16, 32")
         body = MaskedPyramid(SmallConvPyramid(), levels=3 if multi else 1)
         joiner = Joiner(body, PositionEmbeddingSine(hidden_dim // 2, normalize=True, offset=-0.5))
         joiner.strides, joiner.num_channels = body.strides, body.num_channels

@@ -137,8 +137,8 @@ def run_shapes_demo(out_dir: str | os.PathLike = 'outputs', threshold: float = 0
     cfg = {**SHAPES_DEMO_CONFIG, 'output_dir': str(out_dir / 'shapes_run'), **overrides}
     ensure_shapes_data(cfg['data_path'])
     run_dir, resume = Path(cfg['output_dir']), cfg.get('resume') or ''
-    if not resume:                                   # a fresh run: no records or snapshots of an earlier one
-        for p in [run_dir / 'metrics.jsonl', *run_dir.glob('checkpoint_*.pth')]: p.unlink(missing_ok=True)
+    if not resume:                                   # a fresh run: no snapshots of an earlier one (fit moves its
+        for p in run_dir.glob('checkpoint_*.pth'): p.unlink()     # records and checkpoint to run_dir/previous/)
     t0 = time.time()
     for e in snapshot_epochs_of(cfg['epochs'], snapshot_epochs):
         train(**{**cfg, 'epochs': e, 'resume': resume})

@@ -30,7 +30,7 @@ SMALL_ARGS = ['--data_path', 'data/shapes', '--backbone', 'small_cnn', '--max_si
 RTDETR_SMALL_ARGS = ['--model', 'rtdetr', *SMALL_ARGS, '--enc_layers', '1', '--epochs', '10', '--lr_drop', '8']
 # Deformable DETR with box refinement and two stages: 3 encoder layers over 4 levels (the fourth a stride-2 conv of the
 # last), focal loss, no dropout; its epochs take ~26 s: 24 epochs (lr drop after 20) in 10.4 minutes, past AP50 0.9 /
-# AP 0.65 on the val split after 22 epochs, 597 s: 1.59 M parameters
+# AP 0.65 on the val split after 22 epochs, 570 s: 1.59 M parameters
 DEFORMABLE_SMALL_ARGS = ['--model', 'deformable_detr', *SMALL_ARGS, '--enc_layers', '3', '--box_refine', '--two_stage',
                          '--dropout', '0.0', '--epochs', '24', '--lr_drop', '20']
 
