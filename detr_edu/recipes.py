@@ -267,6 +267,8 @@ def build_set_criterion(cfg: TrainConfig, weight_dict: Mapping[str, float]) -> n
 def build_detr_model(cfg: TrainConfig) -> DETR:
     "The DETR of `cfg`: `build_detr`, or a DETR on `SmallConvBackbone` for `backbone='small_cnn'` (`'small_cnn_s8'`: stride 8)."
     if cfg.backbone in SMALL_CNN_CHANNELS:
+        if cfg.pretrained_backbone:
+            raise ValueError(f"config `pretrained_backbone`: {cfg.backbone!r} has no ImageNet weights (it trains from scratch)")
         tr = Transformer(d_model=cfg.hidden_dim, nhead=cfg.nheads, num_encoder_layers=cfg.enc_layers,
                          num_decoder_layers=cfg.dec_layers, dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout,
                          return_intermediate_dec=True)
