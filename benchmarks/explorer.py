@@ -26,7 +26,7 @@ import torch
 
 def _models(names, args, num_classes):
     from detr_edu.engine import make_config, build_model
-    from detr_edu.demo import SHAPES_DEMO_CONFIG
+    from detr_edu.convergence import SHAPES_FAST_DETR_CONFIG
     from detr_edu.visualize import load_model, default_matcher
     for name in names:
         torch.manual_seed(0)
@@ -35,7 +35,7 @@ def _models(names, args, num_classes):
             yield f'DETR {Path(args.checkpoint).name}', model, matcher
         elif name == 'detr':
             keys = ('backbone', 'hidden_dim', 'nheads', 'enc_layers', 'dec_layers', 'dim_feedforward', 'num_queries', 'dropout')
-            cfg = make_config(num_classes=num_classes, **{k: SHAPES_DEMO_CONFIG[k] for k in keys})
+            cfg = make_config(num_classes=num_classes, **{k: SHAPES_FAST_DETR_CONFIG[k] for k in keys})
             model, crit, _ = build_model(cfg)
             yield 'DETR shapes config', model, crit.matcher
         elif name == 'deformable_detr':

@@ -156,7 +156,7 @@ RECORDED_RTDETR = [
 # scripts/make_shapes_models.py (`RTDETR_SMALL_ARGS`): hidden 96, 4 heads, 1 AIFI + 3 decoder layers, feed-forward 192,
 # 20 queries + 100 denoising, 128 px (multi-scale 96/128/160 in training), batch 8, lr 4e-4 everywhere dropped after
 # 8 epochs, EMA 0.999 (500-step warm-up), no crop; 1.88 M parameters. 10 epochs in 662 s (11.0 minutes) to AP50
-# 0.654 / AP 0.512, where the shipped demo model (lesson 15's FastDETR with every fix) is at 0.416 / 0.217 after 12
+# 0.654 / AP 0.512, where lesson 15's FastDETR with every fix (data/models/shapes_fastdetr.pth) is at 0.416 / 0.217 after 12
 # epochs in 10.3 minutes: multi-scale features and deformable attention move it more than any fix inside DETR.
 # data/models/shapes_rtdetr.pth is this run's last epoch. Same columns as RECORDED.
 RECORDED_RTDETR_SMALL = [
@@ -253,10 +253,10 @@ RECORDED_DEFORMABLE_SMALL_DROPOUT = [
     (22, 31, 52, 2.809, 3.050, 0.837, 0.627),
     (23, 29, 49, 2.803, 3.008, 0.843, 0.633),
 ]
-# The same without dropout (`--dropout 0.0`, as RT-DETR's decoder), the command of scripts/make_shapes_models.py
-# (`DEFORMABLE_SMALL_ARGS`): epochs take 26 s instead of 29, and it learns faster from the first epochs. On the val
+# The same without dropout (`--dropout 0.0`, as RT-DETR's decoder), the settings of the main job (`make demo`,
+# detr_edu.demo.SHAPES_DEMO_CONFIG), run then as `detr-edu train`: epochs take 26 s instead of 29, and it learns faster from the first epochs. On the val
 # split it passes the goal of AP50 0.9 / AP 0.65 at epoch 21 (570 s: 0.900 / 0.681) and ends at 0.907 / 0.692 after
-# 24 epochs, 623 s; data/models/shapes_deformable.pth is its last epoch (fresh splits of 150 images, seeds 2027 and
+# 24 epochs, 623 s; data/models/shapes_demo.pth (the main job's model) is its last epoch (fresh splits of 150 images, seeds 2027 and
 # 2028: 0.927 / 0.729 and 0.934 / 0.745). A narrow margin: with seed 43 the same command passes the goal at the same
 # epoch (21, 571 s: 0.904 / 0.680; 0.908 / 0.686 at 595 s; 0.911 / 0.691 after 24 epochs, 619 s), and the recipe cut
 # to 22 epochs (lr drop after 18, RECORDED_DEFORMABLE_SMALL_22) ended at 0.894 / 0.675 in 588 s.
@@ -352,9 +352,9 @@ LADDER = [
 
 def ladder_settings(row: int, epochs: int, output_dir: str) -> dict:
     "The full training settings of ladder row `row`."
-    from detr_edu.demo import SHAPES_DEMO_CONFIG
+    from detr_edu.convergence import SHAPES_FAST_DETR_CONFIG
     from detr_edu.recipes import OPTIONAL_SETTINGS
-    base = {k: v for k, v in SHAPES_DEMO_CONFIG.items() if k not in OPTIONAL_SETTINGS}     # every fix off
+    base = {k: v for k, v in SHAPES_FAST_DETR_CONFIG.items() if k not in OPTIONAL_SETTINGS}     # every fix off
     return {**base, **LADDER_BASE, **LADDER[row][1], 'epochs': epochs, 'lr_drop': max(1, epochs * 3 // 4),
             'output_dir': output_dir, 'progress': False}
 
@@ -421,7 +421,7 @@ MULTISCALE_RUNS = [   # (name, records, shipped model or None)
     ('RT-DETR', RECORDED_RTDETR_SMALL, 'shapes_rtdetr'),
     ('Deformable DETR', RECORDED_DEFORMABLE_SMALL_PLAIN, None),
     ('Deformable DETR + box refinement + two stages', RECORDED_DEFORMABLE_SMALL_DROPOUT, None),
-    ('... and no dropout', RECORDED_DEFORMABLE_SMALL, 'shapes_deformable'),
+    ('... and no dropout', RECORDED_DEFORMABLE_SMALL, 'shapes_demo'),
 ]
 
 
@@ -499,7 +499,7 @@ def main(argv=None):
     print(recorded_table(RECORDED_DEFORMABLE_SMALL_PLAIN))
     print('# recorded: the same with box refinement and two stages: AP50 0.843 / AP 0.633 in 11.6 minutes')
     print(recorded_table(RECORDED_DEFORMABLE_SMALL_DROPOUT))
-    print('# recorded: and without dropout (data/models/shapes_deformable.pth): past AP50 0.9 / AP 0.65 after 570 s, 0.907 / 0.692 after 623 s')
+    print('# recorded: and without dropout (data/models/shapes_demo.pth, the main job): past AP50 0.9 / AP 0.65 after 570 s, 0.907 / 0.692 after 623 s')
     print(recorded_table(RECORDED_DEFORMABLE_SMALL))
     print('# recorded: the same cut to 22 epochs: 0.894 / 0.675 in 588 s')
     print(recorded_table(RECORDED_DEFORMABLE_SMALL_22))

@@ -23,9 +23,10 @@ from .rtdetr import (select_topk, get_contrastive_denoising_training_group, RTDE
                              RTDETRPostProcessor, bias_init_with_prob)
 
 # %% auto #0
-__all__ = ['CLASS_LOSS_NAMES', 'SHIPPED_MODELS', 'anchor_sine_embed', 'modulate_by_size', 'group_attn_mask', 'GroupMatcher',
-           'FastDETR', 'fast_detr_weight_dict', 'build_fast_detr_criterion', 'build_fast_detr_training',
-           'shipped_model_path']
+__all__ = ['CLASS_LOSS_NAMES', 'SHIPPED_MODELS', 'SHAPES_FAST_DETR_CONFIG', 'RECORDED_RESULTS', 'anchor_sine_embed',
+           'modulate_by_size', 'group_attn_mask', 'GroupMatcher', 'FastDETR', 'fast_detr_weight_dict',
+           'build_fast_detr_criterion', 'build_fast_detr_training', 'shipped_model_path', 'at_minutes',
+           'plot_recorded_curves']
 
 # %% ../nbs/15_convergence.ipynb #00f12e5a
 def anchor_sine_embed(boxes: Tensor, d_model: int, temperature: float = 10000) -> Tensor:
@@ -285,3 +286,39 @@ def shipped_model_path(name: str = 'shapes_demo') -> Path:
         have = sorted(p.stem for p in SHIPPED_MODELS.glob('*.pth')) if SHIPPED_MODELS.is_dir() else []
         raise FileNotFoundError(f"shipped_model_path: no model {name!r} in {SHIPPED_MODELS} (shipped: {have})")
     return path
+
+# %% ../nbs/15_convergence.ipynb #a1f0c3d2
+SHAPES_FAST_DETR_CONFIG = dict(
+    data_path='data/shapes', model='fast_detr', backbone='small_cnn_s8', max_size=128, crop_prob=0.0,
+    hidden_dim=128, nheads=4, enc_layers=1, dec_layers=3, dim_feedforward=256, num_queries=20, dropout=0.0,
+    class_loss='varifocal', anchors=True, num_denoising=40, num_groups=3, query_selection=True,   # every fix on
+    lr=4e-4, lr_backbone=4e-4, weight_decay=1e-4, batch_size=8, num_workers=1, epochs=12, lr_drop=10, clip_max_norm=0.1,
+    device='cpu', seed=42)
+
+# %% ../nbs/15_convergence.ipynb #b7c1e2f4
+RECORDED_RESULTS = SHIPPED_MODELS.parent / 'results'        # data/results: what the benchmarks measured
+
+def at_minutes(run: dict, minutes: float = 10) -> dict:
+    """The last epoch of a recorded run (`{'name', 'epochs': [{'elapsed' (s), 'AP50', 'AP', ...}, ...]}`) that
+    ended within `minutes` of wall time; ValueError if none did."""
+    done = [e for e in run['epochs'] if e['elapsed'] <= 60 * minutes]
+    if not done: raise ValueError(f"at_minutes: no epoch of {run.get('name', 'the run')!r} ended within {minutes} minutes")
+    return done[-1]
+
+def plot_recorded_curves(runs: list[dict], minutes: float = 10, goal: tuple[float, float] = (0.9, 0.65)):
+    """Val AP50 and AP against wall minutes of training for recorded `runs` (rows of `shapes_multiscale.json`, or a
+    run's own records in the same form), with the goal `(AP50, AP)` dashed and `minutes` dotted. Returns the figure."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for r in runs:
+        mins = [e['elapsed'] / 60 for e in r['epochs']]
+        for ax, metric in zip(axes, ('AP50', 'AP')):
+            ax.plot(mins, [e[metric] for e in r['epochs']], marker='o', ms=3, label=r['name'])
+    for ax, metric, g in zip(axes, ('AP50', 'AP'), goal):
+        ax.axhline(g, color='k', ls='--', lw=0.8); ax.axvline(minutes, color='0.5', ls=':', lw=0.8)
+        ax.set_xlabel('wall minutes of training (eval included)', fontsize=10); ax.set_ylabel(f'val {metric}', fontsize=10)
+        ax.set_ylim(0, 1); ax.grid(alpha=0.3); ax.tick_params(labelsize=9)
+    axes[1].legend(fontsize=9, loc='upper left')
+    fig.suptitle(f'dashed: the goal, dotted: {minutes:g} minutes', fontsize=10)
+    fig.tight_layout(); plt.close(fig)
+    return fig

@@ -1,4 +1,4 @@
-"""Train a small DETR, with lesson 15's convergence fixes, on the bundled shapes dataset, then look at what it predicts, where its queries attend and how the matcher paired them.
+"""Train lesson 12's Deformable DETR, with box refinement and two stages, on the bundled shapes dataset in ten minutes, then look at what it predicts, where its queries sample the image and how the matcher paired them.
 
 Docs: https://detr-edu.github.io/detr_edu/shapes_demo.html.md"""
 
@@ -6,18 +6,22 @@ Docs: https://detr-edu.github.io/detr_edu/shapes_demo.html.md"""
 
 # %% ../nbs/20_shapes_demo.ipynb #714a7a64
 from __future__ import annotations
-import math, os, shutil, time
+import json, os, shutil, time
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .visualize import class_color, class_scores, draw_boxes, pixel_boxes, to_display, uses_sigmoid_classes, write_figures
+from .recipes import OPTIONAL_SETTINGS
+from .convergence import RECORDED_RESULTS, plot_recorded_curves
+from .visualize import (class_color, class_scores, draw_boxes, feature_stride, inspect_model, model_kind,
+                                pixel_boxes, plot_query_attention, prepare_image, sampling_points, to_display,
+                                top_queries, uses_sigmoid_classes, write_figures)
 
 # %% auto #0
-__all__ = ['SHAPES_DEMO_CONFIG', 'plot_predictions', 'plot_cross_attention', 'plot_matching', 'ensure_shapes_data',
-           'snapshot_epochs_of', 'run_shapes_demo', 'class_names_of']
+__all__ = ['SHAPES_DEMO_CONFIG', 'plot_predictions', 'sampling_weight_inside', 'plot_where_queries_look', 'plot_matching',
+           'ensure_shapes_data', 'snapshot_epochs_of', 'run_shapes_demo', 'plot_against_recorded', 'class_names_of']
 
 # %% ../nbs/20_shapes_demo.ipynb #215b959a
 @torch.no_grad()
@@ -27,7 +31,7 @@ def plot_predictions(model: nn.Module, dataset, indices: Sequence[int], threshol
     the transformed image. Dataset items are `(image (3, H, W) normalised, target with normalised cxcywh boxes)`."""
     import matplotlib.pyplot as plt
     model.eval()
-    fig, axes = plt.subplots(2, len(indices), figsize=(2.2 * len(indices), 4.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(indices), figsize=(3.2 * len(indices), 6.6), squeeze=False)   # 128-px images at ~1.7x
     for j, i in enumerate(indices):
         img, tgt = dataset[i]
         out = model([img.to(device)])
@@ -38,39 +42,56 @@ def plot_predictions(model: nn.Module, dataset, indices: Sequence[int], threshol
                                           (axes[1, j], pixel_boxes(out['pred_boxes'][0][keep], size), labels[keep].cpu(),
                                            scores[keep].cpu().tolist(), f'predicted (> {threshold})')):
             ax.imshow(to_display(img)); draw_boxes(ax, boxes, labs, sc, class_names)
-            ax.set_title(title, fontsize=8); ax.axis('off')
+            ax.set_title(title, fontsize=10); ax.axis('off')
     fig.tight_layout()
     if path is not None: fig.savefig(path, dpi=72)
     plt.close(fig)
     return fig
 
+def sampling_weight_inside(outputs: Mapping, query: int, layer: int = -1) -> float:
+    """The share of `query`'s attention weight in decoder `layer` (summed over heads, levels and points; from
+    `inspect_model` on a Deformable DETR or RT-DETR) whose sampling point lies inside the query's predicted box."""
+    sp = sampling_points(outputs, query, layer)
+    x0, y0, x1, y1 = pixel_boxes(outputs['pred_boxes'][0, query:query + 1].detach().cpu(), outputs['image_size'])[0].tolist()
+    x, y = sp['xy'][..., 0], sp['xy'][..., 1]                      # (heads, L, K) pixels
+    inside = (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+    return (sp['weights'] * inside).sum().item() / sp['weights'].sum().item()
+
 @torch.no_grad()
-def plot_cross_attention(model: nn.Module, image: Tensor, num_queries: int = 4, layer: int = -1, class_names=None,
-                         device='cpu', path=None):
-    """The decoder cross-attention of the `num_queries` most confident queries of `image` `(3, H, W)`: weights of
-    decoder layer `layer` averaged over heads, `(h, w)` on the feature map, each shown beside the query's box."""
+def plot_where_queries_look(model: nn.Module, image: Tensor, num_queries: int = 4, layer: int = -1, class_names=None,
+                            max_area: float = 80., zoom: float = 24., path=None):
+    """Where the `num_queries` most confident queries of `image` `(3, H, W)` look in decoder `layer`, one panel per
+    query with its box. Deformable DETR or RT-DETR: its sampling points over the image (every head; one colour per
+    feature level; marker area `max_area * weight`), the panel cut to the box and `zoom` pixels around it, titled
+    with `sampling_weight_inside`. DETR or YOLOS: its
+    attention weights averaged over heads (lesson 19's `plot_query_attention`)."""
     import matplotlib.pyplot as plt
     model.eval()
-    out = model([image.to(device)], return_attention=True)
-    att = out['attentions']; fh, fw = att['feature_size']
-    cross = att['dec_cross'][layer][0].mean(0)                    # (Q, HW), averaged over heads
-    scores, labels = class_scores(out['pred_logits'][0], uses_sigmoid_classes(model))
-    top = scores.argsort(descending=True)[:num_queries].tolist()
-    H, W = image.shape[-2:]
-    stride = 2 ** round(math.log2(H / fh))                      # the backbone's output stride (16 or 32)
-    fig, axes = plt.subplots(1, len(top) + 1, figsize=(2.1 * (len(top) + 1), 2.4))
-    axes[0].imshow(to_display(image)); axes[0].set_title('image', fontsize=8)
-    for k, q in enumerate(top):
-        box = pixel_boxes(out['pred_boxes'][0, q:q + 1], (H, W))
-        draw_boxes(axes[0], box, labels[q:q + 1].cpu(), [scores[q].item()], class_names)
-        # the feature map covers the padded image; without padding (one image) it is the whole image
-        axes[k + 1].imshow(to_display(image).mean(-1), cmap='gray', extent=(0, W, H, 0))
-        axes[k + 1].imshow(cross[q].reshape(fh, fw).cpu(), cmap='inferno', alpha=0.65, extent=(0, fw * stride, fh * stride, 0))
-        draw_boxes(axes[k + 1], box, labels[q:q + 1].cpu(), None, class_names, color='white')
-        axes[k + 1].set_xlim(0, W); axes[k + 1].set_ylim(H, 0)
-        axes[k + 1].set_title(f'query {q}', fontsize=8)
-    for ax in axes: ax.axis('off')
-    fig.tight_layout()
+    image = prepare_image(image, model_kind(model))
+    out = inspect_model(model, image)
+    top = top_queries(out, num_queries)
+    if out['kind'] in ('detr', 'yolos'):
+        fig = plot_query_attention(image, out, top, layer, class_names=class_names)
+    else:
+        scores, labels = class_scores(out['pred_logits'][0].cpu(), out['focal'])
+        (H, W), grey = out['image_size'], to_display(image).mean(-1)
+        fig, axes = plt.subplots(1, len(top), figsize=(2.4 * len(top), 2.7), squeeze=False)
+        for ax, q in zip(axes[0], top):
+            sp = sampling_points(out, q, layer)
+            ax.imshow(grey, cmap='gray')
+            for l in reversed(range(len(sp['spatial_shapes']))):          # coarse levels first, the finest on top
+                xy, w = sp['xy'][:, l].reshape(-1, 2), sp['weights'][:, l].reshape(-1)
+                stride = feature_stride(H, int(sp['spatial_shapes'][l, 0]))
+                ax.scatter(xy[:, 0].numpy(), xy[:, 1].numpy(), s=(max_area * w).numpy(), color=class_color(l), edgecolors='white', linewidths=0.3,
+                           alpha=0.85, label=f'stride {stride}')
+            box = pixel_boxes(out['pred_boxes'][0, q:q + 1].cpu(), (H, W))
+            draw_boxes(ax, box, labels[q:q + 1], scores[q:q + 1], class_names)
+            x0, y0, x1, y1 = box[0].tolist()                                         # the box and `zoom` pixels around it
+            ax.set_xlim(max(x0 - zoom, 0), min(x1 + zoom, W)); ax.set_ylim(min(y1 + zoom, H), max(y0 - zoom, 0)); ax.axis('off')
+            ax.set_title(f'query {q}: {sampling_weight_inside(out, q, layer):.0%} inside', fontsize=9)
+        legend = axes[0, 0].legend(fontsize=8, loc='lower left', framealpha=0.7, handletextpad=0.2)
+        for handle in legend.legend_handles: handle.set_sizes([20])           # one marker size in the legend
+        fig.tight_layout()
     if path is not None: fig.savefig(path, dpi=72)
     plt.close(fig)
     return fig
@@ -102,11 +123,11 @@ def plot_matching(model: nn.Module, matcher, image: Tensor, target: Mapping, cla
 
 # %% ../nbs/20_shapes_demo.ipynb #7304ef08
 SHAPES_DEMO_CONFIG = dict(
-    data_path='data/shapes', model='fast_detr', backbone='small_cnn_s8', max_size=128, crop_prob=0.0,
-    hidden_dim=128, nheads=4, enc_layers=1, dec_layers=3, dim_feedforward=256, num_queries=20, dropout=0.0,
-    class_loss='varifocal', anchors=True, num_denoising=40, num_groups=3, query_selection=True,   # lesson 15's fixes
-    lr=4e-4, lr_backbone=4e-4, weight_decay=1e-4, batch_size=8, num_workers=1, epochs=12, lr_drop=10, clip_max_norm=0.1,
-    output_dir='outputs/shapes_run', device='cpu', seed=42, progress=False)
+    data_path='data/shapes', model='deformable_detr', backbone='small_cnn', max_size=128, crop_prob=0.0,
+    hidden_dim=96, nheads=4, enc_layers=3, dec_layers=3, dim_feedforward=192, num_queries=20, dropout=0.0,
+    box_refine=True, two_stage=True,                                     # Deformable DETR's own two fixes (lesson 12)
+    lr=4e-4, lr_backbone=4e-4, weight_decay=1e-4, batch_size=8, num_workers=1, epochs=24, lr_drop=20, clip_max_norm=0.1,
+    ema_decay=0.999, ema_warmups=500, output_dir='outputs/shapes_run', device='cpu', seed=42, progress=False)
 
 def ensure_shapes_data(data_path: str | os.PathLike = 'data/shapes', n_train: int = 1000, n_val: int = 150, seed: int = 0):
     """Generate the shapes dataset at `data_path` with `make_shapes_dataset` unless it is already there (the defaults
@@ -124,8 +145,9 @@ def snapshot_epochs_of(epochs: int, snapshot_epochs: Sequence[int] | None = None
 
 def run_shapes_demo(out_dir: str | os.PathLike = 'outputs', threshold: float = 0.45,
                     snapshot_epochs: Sequence[int] | None = None, **overrides) -> dict:
-    """Train a small DETR on the shapes dataset (settings `SHAPES_DEMO_CONFIG`, changed by `overrides`), write the
-    figures to `out_dir` (predictions above `threshold`) and print the COCO AP and AP50 of the last epoch.
+    """Train a small detector on the shapes dataset (settings `SHAPES_DEMO_CONFIG`: lesson 12's Deformable DETR, changed
+    by `overrides`), write the figures to `out_dir` (predictions above `threshold`) and print the COCO AP and AP50 of
+    the last epoch. Another `model` drops the settings only Deformable DETR takes (`box_refine`, `two_stage`).
 
     The run stops after each of `snapshot_epochs` (`snapshot_epochs_of`) and goes on from its checkpoint (the engine
     resumes exactly), keeping a copy `checkpoint_{epoch:04d}.pth` in the run folder for lesson 19's training-dynamics
@@ -134,7 +156,10 @@ def run_shapes_demo(out_dir: str | os.PathLike = 'outputs', threshold: float = 0
     from detr_edu.engine import train
     from detr_edu.engine import plot_history
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = {**SHAPES_DEMO_CONFIG, 'output_dir': str(out_dir / 'shapes_run'), **overrides}
+    cfg = {**SHAPES_DEMO_CONFIG, 'output_dir': str(out_dir / 'shapes_run')}
+    if overrides.get('model', cfg['model']) != cfg['model']:     # another family: without Deformable DETR's options
+        cfg = {k: v for k, v in cfg.items() if k not in OPTIONAL_SETTINGS}
+    cfg.update(overrides)
     ensure_shapes_data(cfg['data_path'])
     run_dir, resume = Path(cfg['output_dir']), cfg.get('resume') or ''
     if not resume:                                   # a fresh run: no snapshots of an earlier one (fit moves its
@@ -151,15 +176,25 @@ def run_shapes_demo(out_dir: str | os.PathLike = 'outputs', threshold: float = 0
     plot_history(hist, out_dir / 'loss_curve.png')
     plot_predictions(model, ds_val, list(range(min(4, len(ds_val)))), threshold=threshold, class_names=names,
                      path=out_dir / 'predictions.png')
-    plot_cross_attention(model, ds_val[0][0], num_queries=4, class_names=names, path=out_dir / 'cross_attention.png')
+    plot_where_queries_look(model, ds_val[0][0], num_queries=4, class_names=names, path=out_dir / 'where_queries_look.png')
     busiest = max(range(min(8, len(ds_val))), key=lambda i: len(ds_val[i][1]['labels']))   # the most objects
     img, tgt = ds_val[busiest]
     plot_matching(model, res['criterion'].matcher, img, tgt, class_names=names, path=out_dir / 'matching.png')
+    plot_against_recorded(hist).savefig(out_dir / 'recorded_curves.png', dpi=72)
     figures = write_figures(model, img, tgt, out_dir, res['criterion'].matcher, names, threshold, run_dir=run_dir)
     stats = {k[5:]: v for k, v in hist[-1].items() if k.startswith('test_')}
     print(f"shapes demo: {len(hist)} epochs in {train_time / 60:.1f} min; val COCO AP {stats.get('AP', float('nan')):.3f}, "
           f"AP50 {stats.get('AP50', float('nan')):.3f}; figures in {out_dir}/")
     return {**res, 'stats': stats, 'train_time': train_time, 'figures': figures}
+
+def plot_against_recorded(history: Sequence[Mapping], name: str = 'this run', recorded=RECORDED_RESULTS / 'shapes_multiscale.json'):
+    """Val AP50 and AP against wall minutes of a run's `history` (`fit`'s records: `elapsed`, `test_AP50`, `test_AP`),
+    drawn with lesson 15's `plot_recorded_curves` beside the runs recorded in `recorded` (if that file exists)."""
+    run = {'name': name, 'epochs': [{'elapsed': r['elapsed'], 'AP50': r['test_AP50'], 'AP': r['test_AP']}
+                                    for r in history if 'test_AP' in r]}
+    if not run['epochs']: raise ValueError("plot_against_recorded: `history` has no evaluated epoch (no 'test_AP' record)")
+    rows = json.loads(Path(recorded).read_text())['rows'] if Path(recorded).is_file() else []
+    return plot_recorded_curves(rows + [run])
 
 def class_names_of(dataset) -> dict[int, str] | None:
     "`{category_id: name}` from a COCO-backed dataset (looking through `Subset`s), or None."

@@ -6,10 +6,11 @@ recorded command, then stored small with `save_compact_checkpoint` (float16 weig
     python scripts/make_shapes_models.py --train          # train every model with its recorded command first (long)
     python scripts/make_shapes_models.py --train --only shapes_demo
 
-shapes_demo.pth  the README's main job (`make demo`): lesson 15's FastDETR with every fix, SHAPES_DEMO_CONFIG
-shapes_detr.pth  plain DETR, row 0 of lesson 15's ladder (benchmarks/train_shapes.py --ladder --epochs 8)
-shapes_rtdetr.pth      RT-DETR (lesson 13) on the small five-stage CNN (`SmallConvPyramid`), 10 epochs, 11 minutes
-shapes_deformable.pth  Deformable DETR (lesson 12, box refinement, two-stage, no dropout) on the same CNN, 24 epochs, 10.4 minutes
+shapes_demo.pth       the README's main job (`make demo`): lesson 12's Deformable DETR (box refinement, two stages, no
+                      dropout) on the small five-stage CNN, SHAPES_DEMO_CONFIG, 24 epochs, 10.4 minutes
+shapes_fastdetr.pth   lesson 15's FastDETR with every fix, SHAPES_FAST_DETR_CONFIG, 12 epochs, 10.3 minutes
+shapes_detr.pth       plain DETR, row 0 of lesson 15's ladder (benchmarks/train_shapes.py --ladder --epochs 8)
+shapes_rtdetr.pth     RT-DETR (lesson 13) on the same five-stage CNN (`SmallConvPyramid`), 10 epochs, 11 minutes
 Each file must stay under 4 MB and data/models under 16 MB (tests/test_convergence.py checks both).
 """
 import argparse, subprocess, sys
@@ -18,30 +19,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# The multi-scale families on lesson 12's small CNN (`backbone='small_cnn'`), trained from scratch at 128 px with the
-# same width, queries and lr: hidden 96, 4 heads, 3 decoder layers, feed-forward 192, 20 queries, batch 8, lr 4e-4
-# everywhere, EMA 0.999 (500-step warm-up), no crop, seed 42; each trains for 10-11 minutes on 2 cores.
-SMALL_ARGS = ['--data_path', 'data/shapes', '--backbone', 'small_cnn', '--max_size', '128', '--hidden_dim', '96',
-              '--nheads', '4', '--dec_layers', '3', '--dim_feedforward', '192', '--num_queries', '20', '--lr', '4e-4',
-              '--lr_backbone', '4e-4', '--batch_size', '8', '--num_workers', '1', '--crop_prob', '0.0', '--ema_decay', '0.999',
-              '--ema_warmups', '500', '--seed', '42', '--no-progress']
-# RT-DETR: 1 AIFI layer, 100 denoising queries, multi-scale 96/128/160 in training; 10 epochs (lr drop after 8) of
-# ~66 s: 1.88 M parameters, 3.7 MB
-RTDETR_SMALL_ARGS = ['--model', 'rtdetr', *SMALL_ARGS, '--enc_layers', '1', '--epochs', '10', '--lr_drop', '8']
-# Deformable DETR with box refinement and two stages: 3 encoder layers over 4 levels (the fourth a stride-2 conv of the
-# last), focal loss, no dropout; its epochs take ~26 s: 24 epochs (lr drop after 20) in 10.4 minutes, past AP50 0.9 /
-# AP 0.65 on the val split after 22 epochs, 570 s: 1.59 M parameters
-DEFORMABLE_SMALL_ARGS = ['--model', 'deformable_detr', *SMALL_ARGS, '--enc_layers', '3', '--box_refine', '--two_stage',
-                         '--dropout', '0.0', '--epochs', '24', '--lr_drop', '20']
+# RT-DETR on lesson 12's small CNN (`backbone='small_cnn'`), trained from scratch at 128 px with the main job's width,
+# queries and lr: hidden 96, 4 heads, 1 AIFI layer, 3 decoder layers, feed-forward 192, 20 queries + 100 denoising,
+# multi-scale 96/128/160 in training, batch 8, lr 4e-4 everywhere, EMA 0.999 (500-step warm-up), no crop, seed 42;
+# 10 epochs (lr drop after 8) of ~66 s on 2 cores: 1.88 M parameters, 3.7 MB
+RTDETR_SMALL_ARGS = ['--model', 'rtdetr', '--data_path', 'data/shapes', '--backbone', 'small_cnn', '--max_size', '128',
+                     '--hidden_dim', '96', '--nheads', '4', '--enc_layers', '1', '--dec_layers', '3', '--dim_feedforward', '192',
+                     '--num_queries', '20', '--lr', '4e-4', '--lr_backbone', '4e-4', '--batch_size', '8', '--num_workers', '1',
+                     '--crop_prob', '0.0', '--ema_decay', '0.999', '--ema_warmups', '500', '--seed', '42', '--no-progress',
+                     '--epochs', '10', '--lr_drop', '8']
+
+
+def train_args(settings: dict) -> list[str]:
+    "The `detr-edu train` arguments for a dict of TrainConfig `settings` (True: `--name`, False: `--no-name`)."
+    args = []
+    for k, v in settings.items():
+        if isinstance(v, bool): args.append(f'--{k}' if v else f'--no-{k}')
+        else: args += [f'--{k}', str(v)]
+    return args
+
+
+from detr_edu.convergence import SHAPES_FAST_DETR_CONFIG
 
 MODELS = {   # name -> (command that trains it, run folder it writes)
     'shapes_demo': ([sys.executable, 'scripts/train_shapes_demo.py', '--out', 'outputs'], 'outputs/shapes_run'),
+    'shapes_fastdetr': ([sys.executable, '-m', 'detr_edu.engine', 'train', *train_args(SHAPES_FAST_DETR_CONFIG),
+                         '--no-progress', '--output_dir', 'outputs/shapes_fastdetr'], 'outputs/shapes_fastdetr'),
     'shapes_detr': ([sys.executable, 'benchmarks/train_shapes.py', '--ladder', '--rows', '0', '--epochs', '8',
                      '--output_dir', 'outputs/ladder', '--json', 'outputs/ladder/row0.json'], 'outputs/ladder/row0'),
     'shapes_rtdetr': ([sys.executable, '-m', 'detr_edu.engine', 'train', *RTDETR_SMALL_ARGS, '--output_dir', 'outputs/shapes_rtdetr'],
                       'outputs/shapes_rtdetr'),
-    'shapes_deformable': ([sys.executable, '-m', 'detr_edu.engine', 'train', *DEFORMABLE_SMALL_ARGS,
-                           '--output_dir', 'outputs/shapes_deformable'], 'outputs/shapes_deformable'),
 }
 MAX_BYTES = 4 * 2 ** 20
 

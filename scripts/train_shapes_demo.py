@@ -1,12 +1,14 @@
-"""The README's main job: train a small DETR on the bundled shapes dataset on the CPU, and write to outputs/
-the loss curve, predictions beside the ground truth, decoder cross-attention maps and one image's Hungarian match,
-and lesson 19's figures (viz_*.png: predictions, encoder and decoder attention, the matcher's cost matrices and
-assignments, loss curves, and a grid of predictions at the checkpoints kept after 1, 6 and 12 epochs);
-print the COCO AP and AP50 on the validation split.
+"""The README's main job: train a small Deformable DETR (lesson 12, box refinement and two stages) on the bundled shapes
+dataset on the CPU, and write to outputs/ the loss curve, predictions beside the ground truth, the sampling points of
+a few queries, one image's Hungarian match, this run's AP curves beside the recorded runs of lesson 15, and lesson
+19's figures (viz_*.png: predictions, sampling points per level, box refinement, the matcher's cost matrices and
+assignments, loss curves, and a grid of predictions at the checkpoints kept after 1, 6 and 12 epochs); print the COCO
+AP and AP50 on the validation split.
 
     python scripts/train_shapes_demo.py                    # the demo settings (detr_edu.demo.SHAPES_DEMO_CONFIG)
     python scripts/train_shapes_demo.py --epochs 2         # a quick look
     python scripts/train_shapes_demo.py --out outputs --set lr=1e-4 num_queries=30
+    python scripts/train_shapes_demo.py --set model=detr  # lesson 10's DETR with the same data and sizes
 
 The same run from a notebook: `from detr_edu.demo import run_shapes_demo; run_shapes_demo()`.
 """
