@@ -309,7 +309,7 @@ def plot_recorded_curves(runs: list[dict], minutes: float = 10, goal: tuple[floa
     """Val AP50 and AP against wall minutes of training for recorded `runs` (rows of `shapes_multiscale.json`, or a
     run's own records in the same form), with the goal `(AP50, AP)` dashed and `minutes` dotted. Returns the figure."""
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     for r in runs:
         mins = [e['elapsed'] / 60 for e in r['epochs']]
         for ax, metric in zip(axes, ('AP50', 'AP')):
@@ -318,7 +318,7 @@ def plot_recorded_curves(runs: list[dict], minutes: float = 10, goal: tuple[floa
         ax.axhline(g, color='k', ls='--', lw=0.8); ax.axvline(minutes, color='0.5', ls=':', lw=0.8)
         ax.set_xlabel('wall minutes of training (eval included)', fontsize=10); ax.set_ylabel(f'val {metric}', fontsize=10)
         ax.set_ylim(0, 1); ax.grid(alpha=0.3); ax.tick_params(labelsize=9)
-    axes[1].legend(fontsize=9, loc='upper left')
+    fig.legend(*axes[0].get_legend_handles_labels(), loc='lower center', ncol=3, fontsize=9, frameon=False)
     fig.suptitle(f'dashed: the goal, dotted: {minutes:g} minutes', fontsize=10)
-    fig.tight_layout(); plt.close(fig)
+    fig.tight_layout(rect=(0, 0.14, 1, 1)); plt.close(fig)
     return fig

@@ -99,7 +99,7 @@ def plot_where_queries_look(model: nn.Module, image: Tensor, num_queries: int = 
 @torch.no_grad()
 def plot_matching(model: nn.Module, matcher, image: Tensor, target: Mapping, class_names=None, device='cpu', path=None):
     """The Hungarian match for one image: ground-truth boxes (solid) and the predicted box of the query matched to
-    each (dashed, same colour), joined centre to centre and labelled with the query index."""
+    each (dashed, same colour, the query's index under it), joined centre to centre."""
     import matplotlib.pyplot as plt
     model.eval()
     out = model([image.to(device)])
@@ -107,12 +107,14 @@ def plot_matching(model: nn.Module, matcher, image: Tensor, target: Mapping, cla
     (src_idx, tgt_idx), = matcher({'pred_logits': out['pred_logits'], 'pred_boxes': out['pred_boxes']}, [tgt])
     size = image.shape[-2:]
     gt = pixel_boxes(target['boxes'], size); pred = pixel_boxes(out['pred_boxes'][0], size)
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig, ax = plt.subplots(figsize=(5, 5))
     ax.imshow(to_display(image))
     for q, t in zip(src_idx.tolist(), tgt_idx.tolist()):
         c = class_color(t)
         draw_boxes(ax, gt[t:t + 1], target['labels'][t:t + 1].cpu(), None, class_names, color=c)
-        draw_boxes(ax, pred[q:q + 1], torch.tensor([q]), None, None, color=c, dashed=True)
+        draw_boxes(ax, pred[q:q + 1], None, None, None, color=c, dashed=True)
+        ax.text(pred[q, 0].item(), pred[q, 3].item() + 1, f'q{q}', fontsize=9, color='white', va='top',
+                bbox=dict(fc=c, ec='none', pad=0.5))                    # the query's index under its box
         (gx, gy), (px, py) = (gt[t, :2] + gt[t, 2:]) / 2, (pred[q, :2] + pred[q, 2:]) / 2
         ax.plot([gx, px], [gy, py], color=c, lw=1)
     ax.set_title(f'{len(src_idx)} targets matched to queries {sorted(src_idx.tolist())}', fontsize=8); ax.axis('off')

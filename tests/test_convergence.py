@@ -59,6 +59,8 @@ def test_multiscale_models_hold_on_images_they_never_saw(tmp_path, name):
     kw = dict(data_path=str(tmp_path / 'fresh'), num_workers=0, batch_size=16, progress=False)
     fresh = evaluate_checkpoint(path, **kw)
     assert fresh['AP50'] > recorded['AP50'] - 0.1 and fresh['AP'] > recorded['AP'] - 0.1, (fresh, recorded)
+    if name == 'shapes_demo':                                 # issue 18's goal holds on images no run has seen
+        assert fresh['AP50'] >= 0.9 and fresh['AP'] >= 0.65, fresh
     fast_detr = evaluate_checkpoint(shipped_model_path('shapes_fastdetr'), **kw)
     assert fresh['AP'] > fast_detr['AP'] + 0.1, (fresh, fast_detr)
 
