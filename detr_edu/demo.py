@@ -1,4 +1,4 @@
-"""Train lesson 12's Deformable DETR, with box refinement and two stages, on the bundled shapes dataset in ten minutes, then look at what it predicts, where its queries sample the image and how the matcher paired them.
+"""Train lesson 12's Deformable DETR, with box refinement and two stages, on the bundled shapes dataset on two CPU cores, then look at what it predicts, where its queries sample the image and how the matcher paired them.
 
 Docs: https://detr-edu.github.io/detr_edu/shapes_demo.html.md"""
 
@@ -16,12 +16,12 @@ from torch import Tensor, nn
 from .recipes import OPTIONAL_SETTINGS
 from .convergence import RECORDED_RESULTS, plot_recorded_curves
 from .visualize import (class_color, class_scores, draw_boxes, feature_stride, inspect_model, model_kind,
-                                pixel_boxes, plot_query_attention, prepare_image, sampling_points, to_display,
-                                top_queries, uses_sigmoid_classes, write_figures)
+                                pixel_boxes, plot_query_attention, prepare_image, sampling_points,
+                                sampling_weight_inside, to_display, top_queries, uses_sigmoid_classes, write_figures)
 
 # %% auto #0
-__all__ = ['SHAPES_DEMO_CONFIG', 'plot_predictions', 'sampling_weight_inside', 'plot_where_queries_look', 'plot_matching',
-           'ensure_shapes_data', 'snapshot_epochs_of', 'run_shapes_demo', 'plot_against_recorded', 'class_names_of']
+__all__ = ['SHAPES_DEMO_CONFIG', 'plot_predictions', 'plot_where_queries_look', 'plot_matching', 'ensure_shapes_data',
+           'snapshot_epochs_of', 'run_shapes_demo', 'plot_against_recorded', 'class_names_of']
 
 # %% ../nbs/20_shapes_demo.ipynb #215b959a
 @torch.no_grad()
@@ -48,23 +48,14 @@ def plot_predictions(model: nn.Module, dataset, indices: Sequence[int], threshol
     plt.close(fig)
     return fig
 
-def sampling_weight_inside(outputs: Mapping, query: int, layer: int = -1) -> float:
-    """The share of `query`'s attention weight in decoder `layer` (summed over heads, levels and points; from
-    `inspect_model` on a Deformable DETR or RT-DETR) whose sampling point lies inside the query's predicted box."""
-    sp = sampling_points(outputs, query, layer)
-    x0, y0, x1, y1 = pixel_boxes(outputs['pred_boxes'][0, query:query + 1].detach().cpu(), outputs['image_size'])[0].tolist()
-    x, y = sp['xy'][..., 0], sp['xy'][..., 1]                      # (heads, L, K) pixels
-    inside = (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
-    return (sp['weights'] * inside).sum().item() / sp['weights'].sum().item()
-
 @torch.no_grad()
 def plot_where_queries_look(model: nn.Module, image: Tensor, num_queries: int = 4, layer: int = -1, class_names=None,
                             max_area: float = 80., zoom: float = 24., path=None):
     """Where the `num_queries` most confident queries of `image` `(3, H, W)` look in decoder `layer`, one panel per
     query with its box. Deformable DETR or RT-DETR: its sampling points over the image (every head; one colour per
     feature level; marker area `max_area * weight`), the panel cut to the box and `zoom` pixels around it, titled
-    with `sampling_weight_inside`. DETR or YOLOS: its
-    attention weights averaged over heads (lesson 19's `plot_query_attention`)."""
+    with lesson 19's `sampling_weight_inside`. DETR or YOLOS: its attention weights averaged over heads (lesson 19's
+    `plot_query_attention`)."""
     import matplotlib.pyplot as plt
     model.eval()
     image = prepare_image(image, model_kind(model))
@@ -82,8 +73,8 @@ def plot_where_queries_look(model: nn.Module, image: Tensor, num_queries: int = 
             for l in reversed(range(len(sp['spatial_shapes']))):          # coarse levels first, the finest on top
                 xy, w = sp['xy'][:, l].reshape(-1, 2), sp['weights'][:, l].reshape(-1)
                 stride = feature_stride(H, int(sp['spatial_shapes'][l, 0]))
-                ax.scatter(xy[:, 0].numpy(), xy[:, 1].numpy(), s=(max_area * w).numpy(), color=class_color(l), edgecolors='white', linewidths=0.3,
-                           alpha=0.85, label=f'stride {stride}')
+                ax.scatter(xy[:, 0].numpy(), xy[:, 1].numpy(), s=(max_area * w).numpy(), color=class_color(l),
+                           edgecolors='white', linewidths=0.3, alpha=0.85, label=f'stride {stride}')
             box = pixel_boxes(out['pred_boxes'][0, q:q + 1].cpu(), (H, W))
             draw_boxes(ax, box, labels[q:q + 1], scores[q:q + 1], class_names)
             x0, y0, x1, y1 = box[0].tolist()                                         # the box and `zoom` pixels around it

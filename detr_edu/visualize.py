@@ -27,7 +27,8 @@ __all__ = ['COLORS', 'class_color', 'to_display', 'pixel_boxes', 'draw_boxes', '
            'load_detr_checkpoint', 'plot_checkpoint_grid', 'read_metrics', 'plot_loss_curves', 'prepare_image',
            'sampling_points', 'encoder_sampling_points', 'draw_sampling_points', 'plot_sampling_points',
            'reference_boxes', 'draw_reference_boxes', 'plot_reference_refinement', 'query_selection',
-           'plot_query_selection', 'default_matcher', 'num_classes_of', 'official_kind', 'load_model', 'write_figures']
+           'plot_query_selection', 'sampling_weight_inside', 'default_matcher', 'num_classes_of', 'official_kind',
+           'load_model', 'write_figures']
 
 # %% ../nbs/19_visualize.ipynb #10a5dd07
 COLORS = ['#e6194b', '#3cb44b', '#4363d8', '#f58231', '#911eb4', '#42d4f4', '#f032e6', '#bfef45', '#469990', '#9a6324']
@@ -602,6 +603,17 @@ def plot_query_selection(image: Tensor, outputs: Mapping, target: Mapping | None
         ax.set_xlim(0, 1); ax.set_ylim(0, 1); ax.tick_params(labelsize=6); ax.set_title('score vs IoU', fontsize=8)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/19_visualize.ipynb #f1a2b3c5
+def sampling_weight_inside(outputs: Mapping, query: int, layer: int = -1) -> float:
+    """The share of `query`'s attention weight in decoder `layer` (summed over heads `(heads, L, K)`, levels and points;
+    `outputs` from `inspect_model` on a Deformable DETR or RT-DETR) whose sampling point lies inside the query's
+    predicted box."""
+    sp = sampling_points(outputs, query, layer)
+    x0, y0, x1, y1 = pixel_boxes(outputs['pred_boxes'][0, query:query + 1].detach().cpu(), outputs['image_size'])[0].tolist()
+    x, y = sp['xy'][..., 0], sp['xy'][..., 1]                      # (heads, L, K) pixels
+    inside = (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+    return (sp['weights'] * inside).sum().item() / sp['weights'].sum().item()
 
 # %% ../nbs/19_visualize.ipynb #8209b515
 def default_matcher(kind: str):

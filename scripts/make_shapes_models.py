@@ -18,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from detr_edu.convergence import SHAPES_FAST_DETR_CONFIG   # noqa: E402 (after the path)
 
 # RT-DETR on lesson 12's small CNN (`backbone='small_cnn'`), trained from scratch at 128 px with the main job's width,
 # queries and lr: hidden 96, 4 heads, 1 AIFI layer, 3 decoder layers, feed-forward 192, 20 queries + 100 denoising,
@@ -38,8 +39,6 @@ def train_args(settings: dict) -> list[str]:
         else: args += [f'--{k}', str(v)]
     return args
 
-
-from detr_edu.convergence import SHAPES_FAST_DETR_CONFIG
 
 MODELS = {   # name -> (command that trains it, run folder it writes)
     'shapes_demo': ([sys.executable, 'scripts/train_shapes_demo.py', '--out', 'outputs'], 'outputs/shapes_run'),
